@@ -1,0 +1,453 @@
+"""Pretraining text sources: files, Hugging Face datasets, TFDS, and an embedded corpus.
+
+Every source yields *documents*, each a ``list[str]`` of sentences, which is the unit
+ALBERT's ``create_pretraining_data.py`` works on (segments A and B of an example are
+consecutive sentences of one document).
+
+Text files come in two layouts (``CorpusSpec.format``):
+
+* ``"lines"``: the original ALBERT/BERT layout. One sentence per line; a blank line ends a
+  document.
+* ``"paragraphs"``: raw prose such as a Project Gutenberg book. Hard-wrapped lines are joined,
+  a single blank line separates paragraphs, and each paragraph is split into sentences with
+  :func:`split_sentences`. A run of two or more blank lines (the usual spacing around chapter
+  headings) ends a document, and a document is also cut after
+  :data:`MAX_DOCUMENT_PARAGRAPHS` paragraphs so that books without such spacing still give
+  many documents.
+* ``"auto"`` (default) samples the first lines of each file and picks ``"lines"`` when at least
+  80% of the non-blank lines are single sentences ending in sentence punctuation; otherwise
+  ``"paragraphs"``.
+
+The Project Gutenberg license header and footer (``*** START OF ...`` / ``*** END OF ...``) are
+stripped when present. With every source field empty, the embedded corpus is used: the
+documentation topics that ship with CPython (``pydoc_data.topics``), one document per section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "CorpusError",
+    "CorpusSpec",
+    "MAX_DOCUMENT_PARAGRAPHS",
+    "iter_documents",
+    "source_fingerprint",
+    "split_sentences",
+]
+
+# Bump when the text -> sentences logic changes, so cached tokenizations are rebuilt.
+TEXT_PIPELINE_VERSION = 1
+MAX_DOCUMENT_PARAGRAPHS = 50
+_AUTO_SAMPLE_LINES = 400
+_LINE_LAYOUT_THRESHOLD = 0.8
+# Packaged `datasets` builders whose rows are lines of text files.
+_HF_LINE_BUILDERS = ("text", "bookcorpus", "bookcorpusopen")
+_HF_FILE_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
+
+
+class CorpusError(ValueError):
+    """A corpus source is missing, empty or unreadable (the message names the path)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """Where pretraining text comes from. All fields empty selects the embedded corpus.
+
+    Attributes:
+      files: glob pattern(s) of UTF-8 text files, comma-separated. With ``dataset`` set to a
+        packaged builder (``"text"``, ``"json"``, ...), these are its ``data_files``.
+      format: ``"lines"``, ``"paragraphs"`` or ``"auto"`` (see the module docstring). For HF
+        datasets, ``"lines"`` means one sentence per row (blank rows end documents) and
+        ``"paragraphs"`` one document per row; ``"auto"`` picks ``"lines"`` for the ``text`` and
+        bookcorpus builders.
+      dataset: Hugging Face dataset name for ``datasets.load_dataset``.
+      dataset_config: its configuration name (e.g. ``"20231101.en"`` for wikipedia).
+      split: the split to read (HF datasets and TFDS).
+      text_column: the column / feature holding the text.
+      tfds: a TFDS dataset name, read through ``tfds.data_source``.
+    """
+
+    files: str = ""
+    format: str = "auto"
+    dataset: str = ""
+    dataset_config: str = ""
+    split: str = "train"
+    text_column: str = "text"
+    tfds: str = ""
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", "lines", "paragraphs"):
+            raise ValueError(f"CorpusSpec.format must be auto, lines or paragraphs, got {self.format!r}")
+        if self.dataset and self.tfds:
+            raise ValueError("CorpusSpec: set at most one of dataset and tfds")
+
+    @property
+    def kind(self) -> str:
+        """``"hf"``, ``"tfds"``, ``"files"`` or ``"embedded"``."""
+        if self.dataset:
+            return "hf"
+        if self.tfds:
+            return "tfds"
+        if self.files:
+            return "files"
+        return "embedded"
+
+    def describe(self) -> str:
+        """A short human-readable name of the source, for logs and error messages."""
+        if self.kind == "hf":
+            cfg = f"/{self.dataset_config}" if self.dataset_config else ""
+            files = f" ({self.files})" if self.files else ""
+            return f"HF dataset {self.dataset}{cfg}[{self.split}]{files}"
+        if self.kind == "tfds":
+            return f"TFDS {self.tfds}[{self.split}]"
+        if self.kind == "files":
+            return self.files
+        return "embedded corpus (pydoc_data.topics)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sentence splitting.
+
+# Abbreviations after which a period never ends a sentence (titles, Latin shorthands).
+_NEVER_FINAL = frozenset(
+    "mr mrs ms dr prof sr jr st mt rev hon gen col lt sgt capt cmdr gov sen rep messrs mme mlle"
+    " e.g i.e cf viz vs al fig figs eq eqs no nos vol vols pp ca approx dept est inc ltd co corp"
+    " jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+# Abbreviations that may end a sentence: a boundary only if the next word is capitalised.
+_MAYBE_FINAL = frozenset("etc u.s u.k a.m p.m b.c a.d ph.d".split())
+_BOUNDARY = re.compile(r"(\.\.\.|…|[.!?]+)([\"'”’»)\]]*)\s+")
+_OPENERS = "\"'“‘«([¿¡"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits prose into sentences with a small rule-based splitter.
+
+    A boundary is sentence punctuation (``. ! ? ...``) optionally followed by closing quotes or
+    brackets, then whitespace, then a word that does not start in lower case. A period does not
+    end a sentence after a title or Latin abbreviation (``Mr.``, ``e.g.``, ``cf.``), after a
+    single-letter initial (``J. R. R. Tolkien``), or inside a number (``3.14``, since no space
+    follows). Whitespace, including newlines from hard-wrapped text, is collapsed.
+    """
+    text = " ".join(text.split())
+    if not text:
+        return []
+    sentences = []
+    start = 0
+    for m in _BOUNDARY.finditer(text):
+        end = m.end()
+        if end >= len(text):
+            break
+        nxt = text[end]
+        if nxt in _OPENERS:
+            nxt = text[end + 1] if end + 1 < len(text) else ""
+        if not nxt or nxt.islower():
+            continue
+        if m.group(1) == ".":
+            # The word the period belongs to (letters and inner periods, e.g. "e.g").
+            word = re.search(r"([\w.]*)$", text[start : m.start()]).group(1).lower()
+            if word in _NEVER_FINAL or (len(word) == 1 and word.isalpha()):
+                continue
+            if word in _MAYBE_FINAL and not nxt.isupper():
+                continue
+        sentences.append(text[start : m.end()].strip())
+        start = end
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+# ----------------------------------------------------------------------------------------------
+# Text files.
+
+
+def _expand_files(pattern: str) -> list[str]:
+    paths: list[str] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise CorpusError(f"corpus files not found: no file matches {part!r}")
+        paths.extend(matches)
+    if not paths:
+        raise CorpusError(f"corpus files not found: no file matches {pattern!r}")
+    return paths
+
+
+def _read_lines(path: str) -> Iterator[str]:
+    """Yields the lines of a UTF-8 file (no line ends, BOM removed); CorpusError on bad bytes."""
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise CorpusError(
+                        f"{path}: not valid UTF-8 at byte offset {offset + e.start}"
+                    ) from None
+                if offset == 0:
+                    line = line.removeprefix("\ufeff")
+                offset += len(raw)
+                yield line.rstrip("\r\n")
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
+
+
+def _strip_gutenberg(lines: Iterable[str]) -> Iterator[str]:
+    """Drops the Project Gutenberg header and footer when the file has them."""
+    buffered: list[str] = []
+    started = False
+    for line in lines:
+        if not started:
+            if line.startswith("*** START OF"):
+                started = True
+                buffered = []
+                continue
+            buffered.append(line)
+            if len(buffered) > 1000:  # no header: pass everything through
+                started = True
+                yield from buffered
+                buffered = []
+            continue
+        if line.startswith("*** END OF"):
+            return
+        yield line
+    yield from buffered
+
+
+def _looks_like_lines_layout(path: str) -> bool:
+    sample = []
+    for line in _strip_gutenberg(_read_lines(path)):
+        if line.strip():
+            sample.append(line.strip())
+        if len(sample) >= _AUTO_SAMPLE_LINES:
+            break
+    if not sample:
+        return True
+    single = sum(
+        1 for s in sample if len(split_sentences(s)) == 1 and s.rstrip("\"'”’»)]").endswith((".", "!", "?", "…"))
+    )
+    return single >= _LINE_LAYOUT_THRESHOLD * len(sample)
+
+
+def _documents_from_lines(lines: Iterable[str]) -> Iterator[list[str]]:
+    doc: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            doc.append(line)
+        elif doc:
+            yield doc
+            doc = []
+    if doc:
+        yield doc
+
+
+_NOISE_PARAGRAPH = re.compile(r"^\[(Illustration|Footnote)[^\]]*\]$", re.IGNORECASE)
+
+
+def _documents_from_paragraphs(lines: Iterable[str]) -> Iterator[list[str]]:
+    doc: list[str] = []
+    para: list[str] = []
+    n_paragraphs = 0
+    blank_run = 0
+
+    def flush_paragraph() -> None:
+        nonlocal para, n_paragraphs
+        text = " ".join(para)
+        para = []
+        if text and not _NOISE_PARAGRAPH.match(text):
+            doc.extend(split_sentences(text))
+            n_paragraphs += 1
+
+    for line in lines:
+        if line.strip():
+            if blank_run >= 2 or n_paragraphs >= MAX_DOCUMENT_PARAGRAPHS:
+                if doc:
+                    yield doc
+                doc, n_paragraphs = [], 0
+            blank_run = 0
+            para.append(line.strip())
+        else:
+            if para:
+                flush_paragraph()
+            blank_run += 1
+    if para:
+        flush_paragraph()
+    if doc:
+        yield doc
+
+
+def _file_documents(path: str, fmt: str) -> Iterator[list[str]]:
+    if fmt == "auto":
+        fmt = "lines" if _looks_like_lines_layout(path) else "paragraphs"
+    lines = _strip_gutenberg(_read_lines(path))
+    if fmt == "lines":
+        yield from _documents_from_lines(lines)
+    else:
+        yield from _documents_from_paragraphs(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face datasets and TFDS.
+
+
+def _hf_documents(spec: CorpusSpec) -> Iterator[list[str]]:
+    import datasets  # pylint: disable=g-import-not-at-top
+
+    kwargs = {}
+    if spec.files:
+        kwargs["data_files"] = _expand_files(spec.files) if spec.dataset in _HF_FILE_BUILDERS else spec.files
+    try:
+        ds = datasets.load_dataset(spec.dataset, spec.dataset_config or None, split=spec.split, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorpusError(f"cannot load {spec.describe()}: {msg}") from None
+    if spec.text_column not in ds.column_names:
+        raise CorpusError(
+            f"{spec.describe()} has no column {spec.text_column!r} (columns: {ds.column_names})"
+        )
+    fmt = spec.format
+    if fmt == "auto":
+        fmt = "lines" if spec.dataset.split("/")[-1] in _HF_LINE_BUILDERS else "paragraphs"
+    texts = (row[spec.text_column] or "" for row in ds.select_columns([spec.text_column]))
+    yield from _documents_from_texts(texts, fmt)
+
+
+def _documents_from_texts(texts: Iterable[str], fmt: str) -> Iterator[list[str]]:
+    """Rows as lines (blank rows end documents) or as one document of paragraph text each."""
+    if fmt == "lines":
+        yield from _documents_from_lines(texts)
+        return
+    for text in texts:
+        doc = list(_iter_row_sentences(text))
+        if doc:
+            yield doc
+
+
+def _iter_row_sentences(text: str) -> Iterator[str]:
+    for para in re.split(r"\n\s*\n|\n", text):
+        yield from split_sentences(para)
+
+
+def _tfds_documents(spec: CorpusSpec) -> Iterator[list[str]]:
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise ImportError(
+            "TFDS corpora need tensorflow_datasets: pip install 'albert_jax[tfds]'"
+        ) from None
+    try:
+        source = tfds.data_source(spec.tfds, split=spec.split)
+    except Exception as e:  # TFDS raises many types for a missing/unprepared dataset.
+        raise CorpusError(f"cannot load {spec.describe()}: {str(e).splitlines()[0]}") from None
+
+    def texts() -> Iterator[str]:
+        for i in range(len(source)):
+            value = source[i][spec.text_column]
+            yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    fmt = "paragraphs" if spec.format == "auto" else spec.format
+    yield from _documents_from_texts(texts(), fmt)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded corpus.
+
+_RST_UNDERLINE = re.compile(r"^([*=\-~^\"'+#])\1{2,}\s*$")
+
+
+def _embedded_documents() -> Iterator[list[str]]:
+    """CPython's bundled documentation: one document per (sub)section, prose paragraphs only."""
+    from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
+
+    for name in sorted(topics):
+        lines = topics[name].splitlines()
+        sections: list[list[str]] = [[]]
+        for i, line in enumerate(lines):
+            nxt = lines[i + 1] if i + 1 < len(lines) else ""
+            if _RST_UNDERLINE.match(nxt) and line.strip():
+                sections.append([])  # a heading starts a new document; drop the heading itself
+                continue
+            if _RST_UNDERLINE.match(line):
+                continue
+            sections[-1].append(line)
+        for section in sections:
+            doc: list[str] = []
+            for para in _prose_paragraphs(section):
+                doc.extend(split_sentences(para))
+            if doc:
+                yield doc
+
+
+def _prose_paragraphs(lines: list[str]) -> Iterator[str]:
+    """Unindented paragraphs of reST text; indented blocks (code, grammar, tables) are dropped."""
+    para: list[str] = []
+    for line in lines + [""]:
+        if line.strip() and not line.startswith(" "):
+            para.append(line.strip())
+            continue
+        if para:
+            text = " ".join(para)
+            # Paragraphs introducing a literal block end in "::" and lists/tables are noise.
+            if not text.startswith(("*", "+", "|", ">>>", "..")):
+                yield text.replace("::", ":").replace('"', "")
+            para = []
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def iter_documents(spec: CorpusSpec) -> Iterator[list[str]]:
+    """Yields the documents of ``spec`` (each a non-empty list of sentences).
+
+    Raises:
+      CorpusError: files are missing or not UTF-8, a dataset cannot be loaded, or the whole
+        source has no sentence.
+    """
+    if spec.kind == "hf":
+        docs = _hf_documents(spec)
+    elif spec.kind == "tfds":
+        docs = _tfds_documents(spec)
+    elif spec.kind == "files":
+        paths = _expand_files(spec.files)
+        docs = (doc for path in paths for doc in _file_documents(path, spec.format))
+    else:
+        docs = _embedded_documents()
+    n = 0
+    for doc in docs:
+        n += 1
+        yield doc
+    if n == 0:
+        raise CorpusError(f"corpus is empty: {spec.describe()} has no sentences")
+
+
+def source_fingerprint(spec: CorpusSpec) -> str:
+    """A stable hash of the source's identity: file paths, sizes and mtimes, or dataset ids.
+
+    Raises:
+      CorpusError: the file pattern matches nothing.
+    """
+    key: dict = {"spec": dataclasses.asdict(spec), "text_version": TEXT_PIPELINE_VERSION}
+    if spec.files and (spec.kind == "files" or spec.dataset in _HF_FILE_BUILDERS):
+        stats = []
+        for path in _expand_files(spec.files):
+            st = os.stat(path)
+            stats.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+        key["files"] = stats
+    if spec.kind == "embedded":
+        key["python"] = sys.version
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

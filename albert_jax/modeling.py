@@ -1,0 +1,643 @@
+"""ALBERT in Flax linen: factorised embeddings, one shared layer group applied with `nn.scan`, HF's heads.
+
+Shapes: B batch, T/S query/key length, C choices, E embedding size, H hidden size, N heads, D head dim,
+I intermediate size, V vocabulary, P masked positions. Parameter names mirror HF's state dict
+(`embeddings/word_embeddings`, `encoder/group_0/layer_0/attention/query`, …) so `hf.py` is a table.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from albert_jax.config import AlbertConfig
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+# --- outputs (HF field names) --------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class AlbertModelOutput:
+    last_hidden_state: Array
+    pooler_output: Array | None = None
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class AlbertForPreTrainingOutput:
+    prediction_logits: Array
+    sop_logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class MaskedLMOutput:
+    logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+    """Sequence, token and multiple-choice classification: `logits` [B, labels], [B, T, labels], [B, C]."""
+
+    logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class QuestionAnsweringOutput:
+    start_logits: Array
+    end_logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+# --- building blocks -----------------------------------------------------------------------------
+
+
+def _init(config: AlbertConfig, axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _dense(
+    config: AlbertConfig, features, axes: tuple[str | None, ...], name: str, axis=-1
+) -> nn.DenseGeneral:
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        dtype=config.jnp_dtype,
+        param_dtype=config.jnp_param_dtype,
+        name=name,
+        kernel_init=_init(config, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-n_out:]),
+    )
+
+
+def _layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
+    # use_fast_variance=False: E[(x-mean)^2], as torch computes it (parity at 1e-4 on large activations).
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.jnp_dtype,
+        param_dtype=config.jnp_param_dtype,
+        use_fast_variance=False,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
+    )
+
+
+class AlbertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings at size E, then LayerNorm and dropout."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids: Array, token_type_ids: Array, position_ids: Array, deterministic: bool
+    ) -> Array:
+        cfg = self.config
+        embed = functools.partial(
+            nn.Embed, features=cfg.embedding_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype
+        )
+        x = embed(cfg.vocab_size, name="word_embeddings", embedding_init=_init(cfg, ("vocab", "embed")))(
+            input_ids
+        )
+        x += embed(
+            cfg.type_vocab_size, name="token_type_embeddings", embedding_init=_init(cfg, (None, "embed"))
+        )(token_type_ids)
+        x += embed(
+            cfg.max_position_embeddings,
+            name="position_embeddings",
+            embedding_init=_init(cfg, (None, "embed")),
+        )(position_ids)
+        x = _layer_norm(cfg, "embed", "LayerNorm")(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)  # BTE
+
+
+class AlbertAttention(nn.Module):
+    """Self-attention, output projection, dropout and the post-residual LayerNorm."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool):
+        cfg = self.config
+        heads = (cfg.num_attention_heads, cfg.head_dim)
+        q = _dense(cfg, heads, ("hidden", "heads", "kv"), "query")(x)  # 'BTH,HND->BTND'
+        k = _dense(cfg, heads, ("hidden", "heads", "kv"), "key")(x)
+        v = _dense(cfg, heads, ("hidden", "heads", "kv"), "value")(x)
+        attn_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
+        weights = None
+        if output_attentions or attn_dropout:
+            scores = jnp.einsum("BTND,BSND->BNTS", q, k).astype(jnp.float32) / np.sqrt(cfg.head_dim)
+            scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(weights, deterministic=deterministic)
+            context = jnp.einsum("BNTS,BSND->BTND", probs, v)
+        else:
+            # cuDNN flash attention on GPU; the XLA kernel elsewhere.
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "hidden"), "dense", axis=(-2, -1))(
+            context
+        )  # 'BTND,NDH->BTH'
+        out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
+        return _layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
+
+
+class AlbertLayer(nn.Module):
+    """Attention block, then the feed-forward block with its own residual LayerNorm."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool):
+        cfg = self.config
+        a, weights = AlbertAttention(cfg, name="attention")(x, mask, deterministic, output_attentions)
+        h = _dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(a)  # 'BTH,HI->BTI'
+        h = ACTIVATIONS[cfg.hidden_act](h)
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)  # 'BTI,IH->BTH'
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        out = _layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
+        return nn.with_logical_constraint(out, ("batch", "length", "hidden")), weights
+
+
+class AlbertLayerGroup(nn.Module):
+    """`inner_group_num` distinct layers; the unit that ALBERT shares across depth.
+
+    Written as a scan body: `(carry, mask) -> (carry, per-step outputs)`. The flags are module
+    attributes so that scan and remat see them as static.
+    """
+
+    config: AlbertConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array):
+        states, weights = [], []
+        for j in range(self.config.inner_group_num):
+            x, w = AlbertLayer(self.config, name=f"layer_{j}")(
+                x, mask, self.deterministic, self.output_attentions
+            )
+            states.append(x)
+            weights.append(w)
+        return x, (
+            jnp.stack(states) if self.output_hidden_states else None,
+            jnp.stack(weights) if self.output_attentions else None,
+        )
+
+
+class AlbertTransformer(nn.Module):
+    """E→H mapping, then layer i applies group int(i / (L / G)), as HF does."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask: Array, deterministic: bool, output_attentions: bool, output_hidden_states: bool
+    ):
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(
+            x
+        )  # 'BTE,EH->BTH'
+        x = nn.with_logical_constraint(x, ("batch", "length", "hidden"))
+        group_cls = AlbertLayerGroup
+        if cfg.remat_policy != "none":
+            group_cls = nn.remat(
+                group_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
+            )
+        repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
+        flags = dict(
+            deterministic=deterministic,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        all_states, all_weights = [x], []
+        for g in range(cfg.num_hidden_groups):
+            if cfg.scan_layers:
+                # variable_broadcast: one set of group parameters, reused at every repetition (ALBERT's sharing);
+                # only dropout gets a fresh key per step.
+                scanned = nn.scan(
+                    group_cls,
+                    variable_broadcast="params",
+                    split_rngs={"params": False, "dropout": True},
+                    in_axes=nn.broadcast,
+                    length=repeats,
+                )
+                x, (states, weights) = scanned(cfg, **flags, name=f"group_{g}")(x, mask)
+                # [repeats, inner, ...] -> one entry per layer application, in order.
+                if output_hidden_states:
+                    all_states.extend(states.reshape(-1, *states.shape[2:]))
+                if output_attentions:
+                    all_weights.extend(weights.reshape(-1, *weights.shape[2:]))
+            else:  # Unrolled: the same module called `repeats` times shares its parameters too.
+                group = group_cls(cfg, **flags, name=f"group_{g}")
+                for _ in range(repeats):
+                    x, (states, weights) = group(x, mask)
+                    if output_hidden_states:
+                        all_states.extend(states)
+                    if output_attentions:
+                        all_weights.extend(weights)
+        return (
+            x,
+            tuple(all_states) if output_hidden_states else None,
+            tuple(all_weights) if output_attentions else None,
+        )
+
+
+def check_inputs(
+    config: AlbertConfig,
+    input_ids,
+    attention_mask=None,
+    token_type_ids=None,
+    position_ids=None,
+    rank: int = 2,
+) -> None:
+    """Shape checks always; value checks when the arrays are concrete (not under jit)."""
+    shape = np.shape(input_ids)
+    if len(shape) != rank:
+        layout = "[batch, seq]" if rank == 2 else "[batch, num_choices, seq]"
+        raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
+        raise TypeError(f"input_ids must be integers, got dtype {jnp.result_type(input_ids)}")
+    if shape[-1] > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {shape[-1]} exceeds max_position_embeddings ({config.max_position_embeddings})"
+        )
+    limits = {
+        "input_ids": (input_ids, config.vocab_size, "vocab_size"),
+        "token_type_ids": (token_type_ids, config.type_vocab_size, "type_vocab_size"),
+        "position_ids": (position_ids, config.max_position_embeddings, "max_position_embeddings"),
+    }
+    for name, array in (
+        ("attention_mask", attention_mask),
+        ("token_type_ids", token_type_ids),
+        ("position_ids", position_ids),
+    ):
+        if array is None:
+            continue
+        arr_shape = np.shape(array)
+        if arr_shape != shape and not (
+            name == "position_ids"
+            and len(arr_shape) == rank
+            and arr_shape[0] == 1
+            and arr_shape[1:] == shape[1:]
+        ):
+            raise ValueError(f"{name} has shape {arr_shape}, but input_ids has shape {shape}")
+    for name, (array, limit, field) in limits.items():
+        if array is None or isinstance(array, jax.core.Tracer) or np.size(array) == 0:
+            continue
+        lo, hi = int(np.min(array)), int(np.max(array))
+        if lo < 0 or hi >= limit:
+            raise ValueError(f"{name} must be in [0, {limit}) ({field}), got values in [{lo}, {hi}]")
+
+
+class AlbertModel(nn.Module):
+    """The ALBERT encoder: `last_hidden_state` [B, T, H] and, with the pooling layer, `pooler_output` [B, H]."""
+
+    config: AlbertConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> AlbertModelOutput:
+        cfg = self.config
+        check_inputs(cfg, input_ids, attention_mask, token_type_ids, position_ids)
+        batch, length = np.shape(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.arange(length)[None, :]
+        x = AlbertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
+        mask = jnp.asarray(attention_mask).astype(bool)
+        x, states, weights = AlbertTransformer(cfg, name="encoder")(
+            x, mask, deterministic, output_attentions, output_hidden_states
+        )
+        pooled = None
+        if self.add_pooling_layer:
+            pooled = jnp.tanh(
+                _dense(cfg, cfg.hidden_size, ("hidden", None), "pooler")(x[:, 0])
+            )  # 'BH,HH->BH'
+        return AlbertModelOutput(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=states, attentions=weights
+        )
+
+    def word_embeddings(self) -> Array:
+        """The [V, E] word-embedding table (the MLM decoder is tied to it)."""
+        return nn.unbox(self.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+# --- heads ---------------------------------------------------------------------------------------
+
+
+class AlbertMLMHead(nn.Module):
+    """dense H→E, activation, LayerNorm, then the decoder tied to the word embeddings plus a bias."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, word_embeddings: Array) -> Array:
+        cfg = self.config
+        x = _dense(cfg, cfg.embedding_size, ("hidden", "embed"), "dense")(x)  # 'B...H,HE->B...E'
+        x = _layer_norm(cfg, "embed", "LayerNorm")(ACTIVATIONS[cfg.hidden_act](x))
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (cfg.vocab_size,),
+            cfg.jnp_param_dtype,
+        )
+        logits = jnp.einsum("...E,VE->...V", x, word_embeddings.astype(cfg.jnp_dtype))
+        return (logits + bias).astype(jnp.float32)
+
+
+def _classify(
+    cfg: AlbertConfig, x: Array, num_outputs: int, dropout_rate: float | None, deterministic: bool
+) -> Array:
+    """Dropout then HF's `classifier` linear layer; called inside a head's compact method."""
+    x = nn.Dropout(dropout_rate or 0.0)(x, deterministic=deterministic)
+    return _dense(cfg, num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
+
+
+class AlbertSOPHead(nn.Module):
+    """Sentence-order prediction on the pooled output (HF's `sop_classifier`)."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, pooled: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        return _classify(cfg, pooled, cfg.num_labels, cfg.classifier_dropout_prob, deterministic)
+
+
+def _classifier_dropout(cfg: AlbertConfig) -> float:
+    return cfg.classifier_dropout_prob if cfg.classifier_dropout_prob is not None else cfg.hidden_dropout_prob
+
+
+class AlbertForPreTraining(nn.Module):
+    """MLM + sentence-order prediction. With `masked_lm_positions` [B, P] the vocabulary logits are
+    computed at those positions only ([B, P, V], as the original ALBERT does), else at every position."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        masked_lm_positions=None,
+    ) -> AlbertForPreTrainingOutput:
+        albert = AlbertModel(self.config, name="albert")
+        out = albert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        x = out.last_hidden_state
+        if masked_lm_positions is not None:
+            x = jnp.take_along_axis(x, jnp.asarray(masked_lm_positions)[..., None], axis=1)  # 'BTH,BP->BPH'
+        logits = AlbertMLMHead(self.config, name="predictions")(x, albert.word_embeddings())
+        sop = AlbertSOPHead(self.config, name="sop_classifier")(out.pooler_output, deterministic)
+        return AlbertForPreTrainingOutput(
+            prediction_logits=logits,
+            sop_logits=sop,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class AlbertForMaskedLM(nn.Module):
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> MaskedLMOutput:
+        albert = AlbertModel(self.config, add_pooling_layer=False, name="albert")
+        out = albert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        logits = AlbertMLMHead(self.config, name="predictions")(
+            out.last_hidden_state, albert.word_embeddings()
+        )
+        return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class AlbertForSequenceClassification(nn.Module):
+    """Pooled [CLS] → dropout → classifier; `logits` [B, num_labels] (num_labels=1 is regression)."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        out = AlbertModel(self.config, name="albert")(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        cfg = self.config
+        logits = _classify(cfg, out.pooler_output, cfg.num_labels, cfg.classifier_dropout_prob, deterministic)
+        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class AlbertForTokenClassification(nn.Module):
+    """Every position → dropout → classifier; `logits` [B, T, num_labels]."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        out = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        cfg = self.config
+        logits = _classify(
+            cfg, out.last_hidden_state, cfg.num_labels, _classifier_dropout(cfg), deterministic
+        )
+        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class AlbertForQuestionAnswering(nn.Module):
+    """Span extraction: `start_logits`, `end_logits` [B, T] from one linear layer (HF's `qa_outputs`)."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> QuestionAnsweringOutput:
+        if self.config.num_labels != 2:
+            raise ValueError(
+                f"AlbertForQuestionAnswering needs num_labels=2 (start, end), got {self.config.num_labels}"
+            )
+        out = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(out.last_hidden_state).astype(
+            jnp.float32
+        )
+        return QuestionAnsweringOutput(
+            start_logits=logits[..., 0],
+            end_logits=logits[..., 1],
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class AlbertForMultipleChoice(nn.Module):
+    """Inputs [B, C, T]; each choice is encoded and pooled, then scored; `logits` [B, C]."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, rank=3)
+        batch, choices, length = np.shape(input_ids)
+        flat = lambda a: None if a is None else jnp.reshape(a, (-1, np.shape(a)[-1]))  # 'BCT->(BC)T'
+        out = AlbertModel(self.config, name="albert")(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            deterministic,
+            output_hidden_states,
+            output_attentions,
+        )
+        logits = _classify(
+            self.config, out.pooler_output, 1, self.config.classifier_dropout_prob, deterministic
+        )
+        logits = logits.reshape(batch, choices)
+        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (
+        AlbertModel,
+        AlbertForPreTraining,
+        AlbertForMaskedLM,
+        AlbertForSequenceClassification,
+        AlbertForMultipleChoice,
+        AlbertForTokenClassification,
+        AlbertForQuestionAnswering,
+    )
+}
+
+
+def init_params(module: nn.Module, rng: Array, seq_len: int = 8) -> Any:
+    """Initialise parameters (boxed with their logical axis names) from a dummy batch."""
+    rank = 3 if isinstance(module, AlbertForMultipleChoice) else 2
+    ids = jnp.zeros((1,) * (rank - 1) + (seq_len,), jnp.int32)
+    return module.init({"params": rng}, ids)["params"]

@@ -1,0 +1,275 @@
+"""Optimisers for ALBERT pretraining and fine-tuning.
+
+Reproduces google-research/albert's ``optimization.py`` + ``lamb_optimizer.py``
+with optax building blocks:
+
+* ``learning_rate_schedule``: linear warmup from 0, then polynomial decay that
+  is computed over *all* ``total_steps`` from step 0 (ALBERT does not restart
+  the decay after warmup, so the rate drops to ``peak * (1 - warmup/total)``
+  at the end of warmup rather than reaching ``peak``).
+* ``lamb``: ALBERT's LAMB, i.e. Adam moments *without* bias correction,
+  decoupled weight decay and a per-tensor trust ratio, with LayerNorm
+  parameters and biases excluded from both decay and layer adaptation.
+* ``make_optimizer``: global-norm clipping -> LAMB/AdamW, optionally wrapped
+  in ``optax.MultiSteps`` for gradient accumulation (clipping then acts on the
+  accumulated batch gradient, as in ALBERT).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "OPTIMIZERS",
+    "ScaleByAlbertAdamState",
+    "current_learning_rate",
+    "decay_mask",
+    "global_norm",
+    "lamb",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "scale_by_albert_adam",
+]
+
+OPTIMIZERS = ("lamb", "adamw")
+
+# Substrings (lower-cased) of a path component that mark a LayerNorm parameter.
+_LAYER_NORM_MARKERS = ("layernorm", "layer_norm")
+
+MaskOrFn = Any | Callable[[Any], Any] | None
+
+
+def learning_rate_schedule(
+    peak_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    end_lr: float = 0.0,
+    power: float = 1.0,
+) -> optax.Schedule:
+    """ALBERT's learning-rate curve as a function of the optimizer step.
+
+    ``lr(t) = peak * t / warmup`` for ``t < warmup``, otherwise
+    ``(peak - end) * (1 - min(t, total) / total) ** power + end``.
+    Step 0 therefore has lr 0 (the first update only fills the moments).
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    # Evaluated on the unshifted step (not optax.join_schedules, which would
+    # restart the decay at the warmup boundary).
+    decay = optax.polynomial_schedule(
+        init_value=peak_lr, end_value=end_lr, power=power, transition_steps=total_steps
+    )
+    if warmup_steps == 0:
+        return decay
+
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        step = jnp.asarray(count, jnp.float32)
+        warm = peak_lr * (step / warmup_steps)
+        return jnp.where(step < warmup_steps, warm, decay(step))
+
+    return schedule
+
+
+def _path_names(path: tuple[Any, ...]) -> list[str]:
+    # Only dict keys / sequence indices are names; attribute keys come from
+    # boxes such as nn.Partitioned(value=...) and would hide the leaf name.
+    names = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            names.append(str(entry.key))
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            names.append(str(entry.idx))
+    return names
+
+
+def _is_decayed(path: tuple[Any, ...]) -> bool:
+    names = [n.lower() for n in _path_names(path)]
+    if any(marker in n for n in names for marker in _LAYER_NORM_MARKERS):
+        return False
+    # ALBERT excludes any variable whose name contains "bias" (e.g. output_bias).
+    if names and "bias" in names[-1]:
+        return False
+    return True
+
+
+def decay_mask(params: Any) -> Any:
+    """Pytree of Python bools: True where weight decay and layer adaptation apply.
+
+    A leaf is excluded when a path component contains ``layernorm`` or
+    ``layer_norm`` (case-insensitive) or its leaf name contains ``bias``,
+    mirroring ALBERT's ``exclude_from_weight_decay=["LayerNorm", "layer_norm",
+    "bias"]``. Works on plain dicts and ``flax.core.FrozenDict``.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: _is_decayed(path), params)
+
+
+class ScaleByAlbertAdamState(NamedTuple):
+    """State of :func:`scale_by_albert_adam`."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def _moment_dtype(dtype: Any, override: Any | None) -> jnp.dtype:
+    if override is not None:
+        return jnp.dtype(override)
+    # At least fp32, like ALBERT's adam_m/adam_v slots, even for bf16 params.
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def scale_by_albert_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    """Adam moment scaling ``m / (sqrt(v) + eps)`` without bias correction.
+
+    ``mu`` is stored in ``mu_dtype`` (default: at least fp32); ``nu`` is always
+    at least fp32. The returned updates are fp32 (or wider).
+    """
+
+    def init_fn(params: Any) -> ScaleByAlbertAdamState:
+        mu = jax.tree.map(lambda p: jnp.zeros(p.shape, _moment_dtype(p.dtype, mu_dtype)), params)
+        nu = jax.tree.map(lambda p: jnp.zeros(p.shape, _moment_dtype(p.dtype, None)), params)
+        return ScaleByAlbertAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+    def update_fn(
+        updates: Any, state: ScaleByAlbertAdamState, params: Any = None
+    ) -> tuple[Any, ScaleByAlbertAdamState]:
+        del params
+        # Moments are updated in (at least) fp32 and only then stored.
+        mu = jax.tree.map(
+            lambda g, m: b1 * m.astype(jnp.promote_types(m.dtype, jnp.float32)) + (1.0 - b1) * g,
+            updates,
+            state.mu,
+        )
+        nu = jax.tree.map(
+            lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype)), updates, state.nu
+        )
+        new_updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+        count = optax.safe_int32_increment(state.count)
+        return new_updates, ScaleByAlbertAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lamb(
+    learning_rate: float | optax.Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    mask: MaskOrFn = decay_mask,
+    bias_correction: bool = False,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    """ALBERT's LAMB (no gradient clipping inside).
+
+    Per leaf: ``u = m / (sqrt(v) + eps)``; ``u += wd * w`` where ``mask``;
+    ``u *= ||w|| / ||u||`` where ``mask`` (1 if either norm is 0);
+    ``w -= lr * u``. ``mask`` is a bool pytree, a function of params, or
+    ``None`` (decay and adapt every leaf). ``bias_correction=True`` swaps in
+    ``optax.scale_by_adam`` (the LAMB paper's variant).
+    """
+    if bias_correction:
+        moments = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+    else:
+        # ALBERT skips Adam bias correction.
+        moments = scale_by_albert_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+    trust_ratio = optax.scale_by_trust_ratio()
+    if mask is not None:
+        trust_ratio = optax.masked(trust_ratio, mask)
+    return optax.chain(
+        moments,
+        optax.add_decayed_weights(weight_decay, mask),
+        trust_ratio,
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    weight_decay: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    clip_norm: float | None = 1.0,
+    accumulation_steps: int = 1,
+    end_lr: float = 0.0,
+    mu_dtype: Any | None = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Build ``clip_by_global_norm -> lamb|adamw`` with ALBERT's schedule.
+
+    ``learning_rate`` is the peak rate; the schedule counts optimizer (outer)
+    steps. With ``accumulation_steps > 1`` the whole chain is wrapped in
+    ``optax.MultiSteps`` so it sees (and clips) the averaged gradient of
+    ``accumulation_steps`` consecutive micro-batches; intermediate calls
+    return zero updates. Returns ``(transformation, schedule)``.
+    """
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    schedule = learning_rate_schedule(learning_rate, total_steps, warmup_steps, end_lr=end_lr)
+    if key == "lamb":
+        opt = lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mu_dtype=mu_dtype)
+    else:
+        # optax.adamw applies Adam bias correction (ALBERT's AdamW does not).
+        opt = optax.adamw(
+            schedule,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            weight_decay=weight_decay,
+            mask=decay_mask,
+            mu_dtype=jnp.float32 if mu_dtype is None else mu_dtype,
+        )
+    if clip_norm is not None:
+        opt = opt
+    if accumulation_steps > 1:
+        opt = optax.MultiSteps(opt, every_k_schedule=accumulation_steps).gradient_transformation()
+    return opt, schedule
+
+
+def _schedule_count(opt_state: Any) -> jax.Array:
+    counts = [
+        s.count
+        for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
+        )
+        if isinstance(s, optax.ScaleByScheduleState)
+    ]
+    if not counts:
+        raise ValueError("opt_state has no learning-rate schedule state (ScaleByScheduleState).")
+    return counts[0]
+
+
+def current_learning_rate(schedule: optax.Schedule, opt_state_or_step: Any) -> jax.Array:
+    """Learning rate the *next* optimizer update will use.
+
+    Accepts an outer step (int/array) or an opt state from
+    :func:`make_optimizer`; for the latter the schedule's own update count is
+    read (under ``MultiSteps`` it only advances every k micro-steps).
+    """
+    if isinstance(opt_state_or_step, (int, jax.Array)) or hasattr(opt_state_or_step, "dtype"):
+        return schedule(opt_state_or_step)
+    return schedule(_schedule_count(opt_state_or_step))
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """Global L2 norm of a pytree (e.g. gradients for metrics); ``optax.tree.norm``."""
+    return optax.tree.norm(tree)
