@@ -239,7 +239,7 @@ def make_optimizer(
             mu_dtype=jnp.float32 if mu_dtype is None else mu_dtype,
         )
     if clip_norm is not None:
-        opt = opt
+        opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
     if accumulation_steps > 1:
         opt = optax.MultiSteps(opt, every_k_schedule=accumulation_steps).gradient_transformation()
     return opt, schedule
