@@ -88,19 +88,39 @@ def _init(config: AlbertConfig, axes: tuple[str | None, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
-def _dense(
-    config: AlbertConfig, features, axes: tuple[str | None, ...], name: str, axis=-1
-) -> nn.DenseGeneral:
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
+def _dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
+    return nn.Dense(
         features,
-        axis=axis,
         dtype=config.jnp_dtype,
         param_dtype=config.jnp_param_dtype,
         name=name,
         kernel_init=_init(config, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-n_out:]),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]),
     )
+
+
+class _Einsum(nn.Module):
+    """A linear map written as an einsum, for the attention projections' [H, N, D] / [N, D, H] kernels."""
+
+    config: AlbertConfig
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    bias_shape: tuple[int, ...]
+    bias_axes: tuple[str | None, ...]
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        kernel = self.param("kernel", _init(cfg, self.kernel_axes), self.kernel_shape, cfg.jnp_param_dtype)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
+            self.bias_shape,
+            cfg.jnp_param_dtype,
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.jnp_dtype)
+        return jnp.einsum(self.equation, x, kernel) + bias
 
 
 def _layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
@@ -152,10 +172,11 @@ class AlbertAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool):
         cfg = self.config
-        heads = (cfg.num_attention_heads, cfg.head_dim)
-        q = _dense(cfg, heads, ("hidden", "heads", "kv"), "query")(x)  # 'BTH,HND->BTND'
-        k = _dense(cfg, heads, ("hidden", "heads", "kv"), "key")(x)
-        v = _dense(cfg, heads, ("hidden", "heads", "kv"), "value")(x)
+        n, d, h = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
+        qkv = functools.partial(
+            _Einsum, cfg, "BTH,HND->BTND", (h, n, d), ("hidden", "heads", "kv"), (n, d), ("heads", "kv")
+        )
+        q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
         attn_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
         weights = None
         if output_attentions or attn_dropout:
@@ -167,9 +188,9 @@ class AlbertAttention(nn.Module):
         else:
             # cuDNN flash attention on GPU; the XLA kernel elsewhere.
             context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
-        out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "hidden"), "dense", axis=(-2, -1))(
+        out = _Einsum(cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense")(
             context
-        )  # 'BTND,NDH->BTH'
+        )
         out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
         return _layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
 

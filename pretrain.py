@@ -1,0 +1,26 @@
+"""Pretrain ALBERT. Thin entry point: flags -> albert_jax.training.pretrain.run.
+
+  python pretrain.py --config=configs/pretrain.py:tiny --workdir=runs/tiny [--config.key=value ...]
+
+Re-running the same command resumes from the latest checkpoint in WORKDIR.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from albert_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the vocabulary.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  from albert_jax.training import pretrain
+
+  return cli.run_guarded(lambda: pretrain.run(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
