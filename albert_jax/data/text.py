@@ -18,8 +18,8 @@ Text files come in two layouts (``CorpusSpec.format``):
   80% of the non-blank lines are single sentences ending in sentence punctuation; otherwise
   ``"paragraphs"``.
 
-The Project Gutenberg license header and footer (``*** START OF ...`` / ``*** END OF ...``) are
-stripped when present. With every source field empty, the embedded corpus is used: the
+The Project Gutenberg license header and footer (``*** START OF ...`` / ``*** END OF ...``, and
+the ``End of the Project Gutenberg EBook`` line before it) are stripped when present. With every source field empty, the embedded corpus is used: the
 documentation topics that ship with CPython (``pydoc_data.topics``), one document per section.
 """
 
@@ -35,9 +35,9 @@ import sys
 from collections.abc import Iterable, Iterator
 
 __all__ = [
+    "MAX_DOCUMENT_PARAGRAPHS",
     "CorpusError",
     "CorpusSpec",
-    "MAX_DOCUMENT_PARAGRAPHS",
     "iter_documents",
     "source_fingerprint",
     "split_sentences",
@@ -118,12 +118,10 @@ class CorpusSpec:
 
 # Abbreviations after which a period never ends a sentence (titles, Latin shorthands).
 _NEVER_FINAL = frozenset(
-    "mr mrs ms dr prof sr jr st mt rev hon gen col lt sgt capt cmdr gov sen rep messrs mme mlle"
-    " e.g i.e cf viz vs al fig figs eq eqs no nos vol vols pp ca approx dept est inc ltd co corp"
-    " jan feb mar apr jun jul aug sep sept oct nov dec".split()
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "rev", "hon", "gen", "col", "lt", "sgt", "capt", "cmdr", "gov", "sen", "rep", "messrs", "mme", "mlle", "e.g", "i.e", "cf", "viz", "vs", "al", "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "ca", "approx", "dept", "est", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"]
 )
 # Abbreviations that may end a sentence: a boundary only if the next word is capitalised.
-_MAYBE_FINAL = frozenset("etc u.s u.k a.m p.m b.c a.d ph.d".split())
+_MAYBE_FINAL = frozenset(["etc", "u.s", "u.k", "a.m", "p.m", "b.c", "a.d", "ph.d"])
 _BOUNDARY = re.compile(r"(\.\.\.|…|[.!?]+)([\"'”’»)\]]*)\s+")
 _OPENERS = "\"'“‘«([¿¡"
 
@@ -205,6 +203,9 @@ def _read_lines(path: str) -> Iterator[str]:
         raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
 
 
+_GUTENBERG_END = re.compile(r"\s*End of (the )?Project Gutenberg", re.IGNORECASE)
+
+
 def _strip_gutenberg(lines: Iterable[str]) -> Iterator[str]:
     """Drops the Project Gutenberg header and footer when the file has them."""
     buffered: list[str] = []
@@ -221,7 +222,7 @@ def _strip_gutenberg(lines: Iterable[str]) -> Iterator[str]:
                 yield from buffered
                 buffered = []
             continue
-        if line.startswith("*** END OF"):
+        if line.startswith("*** END OF") or _GUTENBERG_END.match(line):
             return
         yield line
     yield from buffered
@@ -312,7 +313,7 @@ def _hf_documents(spec: CorpusSpec) -> Iterator[list[str]]:
         kwargs["data_files"] = _expand_files(spec.files) if spec.dataset in _HF_FILE_BUILDERS else spec.files
     try:
         ds = datasets.load_dataset(spec.dataset, spec.dataset_config or None, split=spec.split, **kwargs)
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 -- datasets raises many types (not found, offline, config)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorpusError(f"cannot load {spec.describe()}: {msg}") from None
     if spec.text_column not in ds.column_names:
@@ -351,7 +352,7 @@ def _tfds_documents(spec: CorpusSpec) -> Iterator[list[str]]:
         ) from None
     try:
         source = tfds.data_source(spec.tfds, split=spec.split)
-    except Exception as e:  # TFDS raises many types for a missing/unprepared dataset.
+    except Exception as e:  # noqa: BLE001 -- TFDS raises many types for a missing dataset
         raise CorpusError(f"cannot load {spec.describe()}: {str(e).splitlines()[0]}") from None
 
     def texts() -> Iterator[str]:

@@ -1,0 +1,155 @@
+"""The grain input pipeline for pretraining and its conversion to global jax arrays.
+
+Pipeline (``grain.MapDataset``, so that every element is addressable and the iterator state is
+just a position)::
+
+    range(num_chunks) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
+      -> map_with_index(make_example with rng = default_rng([seed, epoch, chunk]))
+      -> [process_index::process_count] -> batch(global_batch // process_count)
+      -> to_iter_dataset(read_threads) (-> mp_prefetch when worker_count > 0)
+
+An example depends only on (seed, epoch, chunk index), or on (seed, chunk index) with static
+masking, so the data do not depend on the process count, the worker count or where training
+resumed. Global batch ``b`` is elements ``[b * G, (b + 1) * G)`` of the repeated, shuffled
+sequence, and process ``p`` holds its elements ``p, p + P, ...``.
+
+Checkpointing: the iterator supports ``get_state()`` / ``set_state()``; with orbax use
+``grain.checkpoint.CheckpointSave(iterator)`` / ``grain.checkpoint.CheckpointRestore(iterator)``
+inside ``ocp.args.Composite`` (see :func:`pretraining_dataset`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from albert_jax.data.pretraining import ChunkIndex, PretrainDataConfig, TokenizedCorpus, make_example
+
+__all__ = ["ExampleFn", "make_global_batch", "pretraining_dataset"]
+
+_STATIC_EPOCH = 2**31 - 1  # stands in for the epoch in the RNG key when masking is static
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFn:
+    """``(global index, chunk id) -> example``; picklable for grain worker processes."""
+
+    corpus: TokenizedCorpus
+    chunks: ChunkIndex
+    cfg: PretrainDataConfig
+    seed: int
+
+    def __call__(self, index: int, chunk: int) -> dict[str, np.ndarray]:
+        chunk = int(chunk)
+        if self.cfg.dynamic_masking:
+            epoch = index // len(self.chunks)
+        else:
+            epoch = _STATIC_EPOCH
+        rng = np.random.default_rng([self.seed, epoch, chunk])
+        sentences = self.corpus.chunk_sentences(self.chunks, chunk)
+        return make_example(sentences, rng, self.cfg, self.corpus.token_info)
+
+
+def pretraining_dataset(
+    corpus: TokenizedCorpus,
+    cfg: PretrainDataConfig,
+    *,
+    split: str,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    read_threads: int = 0,
+) -> grain.IterDataset:
+    """Batches of this process's share of ALBERT pretraining examples.
+
+    Args:
+      corpus: the tokenized corpus.
+      cfg: example configuration.
+      split: ``"train"`` (shuffled, reshuffled and re-masked each epoch, forever unless
+        ``num_epochs``) or ``"eval"`` (held-out documents, one pass in a fixed order, static
+        masks).
+      global_batch_size: examples per step over all processes.
+      seed: seeds chunking, shuffling and example creation.
+      process_index, process_count: this process's slice; default ``jax.process_index()`` and
+        ``jax.process_count()``.
+      num_epochs: passes over the training chunks; None repeats forever (train only).
+      worker_count: grain worker processes (0 = make examples in this process).
+      read_threads: threads making batches ahead in each process. Example creation is
+        GIL-bound Python, so threads rarely help; use worker processes for throughput.
+
+    Returns:
+      A ``grain.IterDataset`` of dicts of numpy arrays with leading dim
+      ``global_batch_size // process_count``; iterate it and keep the iterator, whose state
+      goes into checkpoints::
+
+        it = iter(ds)
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+        mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(it)))
+
+    Raises:
+      ValueError: bad split, batch size not divisible by the process count, or the split has
+        fewer examples than one global batch.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of "
+            f"process_count={process_count}"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    chunks = corpus.chunks(cfg, split, seed)
+    if len(chunks) < global_batch_size:
+        raise ValueError(
+            f"the {split} split of {corpus.meta['source']} has {len(chunks)} examples at "
+            f"seq_len={cfg.seq_len}, fewer than global_batch_size={global_batch_size}"
+        )
+
+    ds = grain.MapDataset.range(len(chunks))
+    if split == "train":
+        ds = ds.shuffle(seed=seed % 2**32).repeat(num_epochs)
+    else:
+        cfg = dataclasses.replace(cfg, dynamic_masking=False)
+    ds = ds.map_with_index(ExampleFn(corpus, chunks, cfg, seed))
+    if len(ds) < 2**62:  # finite: keep whole global batches so every process has as many
+        ds = ds[: len(ds) - len(ds) % global_batch_size]
+    ds = ds[process_index::process_count]
+    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=8))
+    if worker_count > 0:
+        # grain's worker processes read absl flags, which programs without absl.app never parse.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it_ds
+
+
+def make_global_batch(
+    local_batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
+    """Assembles per-process batches into global arrays sharded along the batch axis.
+
+    ``sharding`` should partition axis 0 over the data-parallel devices (e.g.
+    ``NamedSharding(mesh, PartitionSpec("data"))``); the global batch is the process-local
+    batch times the process count.
+    """
+    process_count = jax.process_count()
+    out = {}
+    for name, value in local_batch.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * process_count, *value.shape[1:])
+        out[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
