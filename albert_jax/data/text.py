@@ -19,12 +19,17 @@ Text files come in two layouts (``CorpusSpec.format``):
   ``"paragraphs"``.
 
 The Project Gutenberg license header and footer (``*** START OF ...`` / ``*** END OF ...``, and
-the ``End of the Project Gutenberg EBook`` line before it) are stripped when present. With every source field empty, the embedded corpus is used: the
-documentation topics that ship with CPython (``pydoc_data.topics``), one document per section.
+the ``End of the Project Gutenberg EBook`` line before it) are stripped when present.
+
+With every source field empty, the embedded corpus is used: text that ships with every CPython, so
+it needs no download. It is the reference manual's topics (``pydoc_data.topics``, one document per
+section) followed by the standard library's docstrings (one document per module, prose only),
+about 16k sentences.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import glob
 import hashlib
@@ -32,6 +37,7 @@ import json
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Iterable, Iterator
 
 __all__ = [
@@ -110,7 +116,7 @@ class CorpusSpec:
             return f"TFDS {self.tfds}[{self.split}]"
         if self.kind == "files":
             return self.files
-        return "embedded corpus (pydoc_data.topics)"
+        return "embedded corpus (CPython docs and docstrings)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,6 +377,46 @@ _RST_UNDERLINE = re.compile(r"^([*=\-~^\"'+#])\1{2,}\s*$")
 
 
 def _embedded_documents() -> Iterator[list[str]]:
+    """Text that ships with every CPython: the reference manual's topics, then the docstrings."""
+    yield from _pydoc_topic_documents()
+    yield from _stdlib_docstring_documents()
+
+
+# Standard-library folders whose docstrings are tests, demos or vendored code rather than prose.
+_STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo",
+                          "__pycache__", "ensurepip", "config-3"})
+
+
+def _stdlib_docstring_documents() -> Iterator[list[str]]:
+    """One document per standard-library module: the prose of its docstrings, in source order.
+
+    Read with ``ast`` (nothing is imported), in sorted path order, so the text is fixed for a given
+    Python version (which ``source_fingerprint`` includes).
+    """
+    root = sysconfig.get_paths()["stdlib"]
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP and not d.startswith("config-"))
+        paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        doc: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node)
+                if text:
+                    for para in _prose_paragraphs(text.splitlines()):
+                        if len(para) >= 40 and sum(c.isalpha() or c == " " for c in para) > 0.85 * len(para):
+                            doc.extend(split_sentences(para))
+        if len(doc) >= 2:
+            yield doc
+
+
+def _pydoc_topic_documents() -> Iterator[list[str]]:
     """CPython's bundled documentation: one document per (sub)section, prose paragraphs only."""
     from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
 
