@@ -16,11 +16,11 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  del argv
-  from albert_jax.training import pretrain
+    del argv
+    from albert_jax.training import pretrain
 
-  return cli.run_guarded(lambda: pretrain.run(_CONFIG.value, _WORKDIR.value))
+    return cli.run_guarded(lambda: pretrain.run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -11,3 +11,33 @@ from albert_jax.modeling import (
     AlbertModel,
     init_params,
 )
+from albert_jax.hf import from_pretrained, save_pretrained
+
+# The tokenizer is loaded on first use, so that `python -m albert_jax.tokenizer` does not find its
+# own module already imported by the package (runpy warns about that).
+_LAZY = {"AlbertTokenizer": "albert_jax.tokenizer", "train_tokenizer": "albert_jax.tokenizer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'albert_jax' has no attribute {name!r}")
+
+
+__all__ = [
+    "AlbertConfig",
+    "AlbertForMaskedLM",
+    "AlbertForMultipleChoice",
+    "AlbertForPreTraining",
+    "AlbertForQuestionAnswering",
+    "AlbertForSequenceClassification",
+    "AlbertForTokenClassification",
+    "AlbertModel",
+    "AlbertTokenizer",
+    "from_pretrained",
+    "init_params",
+    "save_pretrained",
+    "train_tokenizer",
+]

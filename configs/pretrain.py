@@ -17,7 +17,7 @@ from configs import common
 SIZES = {
     "tiny": dict(
         model=dict(
-            vocab_size=8000,
+            vocab_size=5000,
             embedding_size=64,
             hidden_size=128,
             num_hidden_layers=4,
@@ -58,54 +58,54 @@ SIZES = {
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  size = arg.split("=", 1)[-1]  # accepts `tiny` and `size=tiny`
-  if size not in SIZES:
-    raise ValueError(f"unknown pretraining preset {size!r}; choose one of {', '.join(SIZES)}")
-  s = dict(SIZES[size])
-  model = dict(s.pop("model"))
-  preset = model.pop("preset", None)
+    size = arg.split("=", 1)[-1]  # accepts `tiny` and `size=tiny`
+    if size not in SIZES:
+        raise ValueError(f"unknown pretraining preset {size!r}; choose one of {', '.join(SIZES)}")
+    s = dict(SIZES[size])
+    model = dict(s.pop("model"))
+    preset = model.pop("preset", None)
 
-  c = ml_collections.ConfigDict()
-  c.preset = size
-  c.model = common.model_config(preset, **model)
-  c.seed = 0
-  c.seq_len = s["seq_len"]
-  c.batch_size = s["batch_size"]  # global, over all processes
-  c.grad_accum_steps = 1  # split each batch into this many micro-batches (same result, less memory)
-  c.total_steps = s["total_steps"]
-  c.optimizer = "lamb"  # or "adamw"
-  c.learning_rate = s["learning_rate"]
-  c.warmup_steps = s["warmup_steps"]
-  c.weight_decay = 0.01
-  c.clip_norm = 1.0
-  c.max_consecutive_nonfinite = 10  # skipped non-finite steps in a row before the run stops
+    c = ml_collections.ConfigDict()
+    c.preset = size
+    c.model = common.model_config(preset, **model)
+    c.seed = 0
+    c.seq_len = s["seq_len"]
+    c.batch_size = s["batch_size"]  # global, over all processes
+    c.grad_accum_steps = 1  # split each batch into this many micro-batches (same result, less memory)
+    c.total_steps = s["total_steps"]
+    c.optimizer = "lamb"  # or "adamw"
+    c.learning_rate = s["learning_rate"]
+    c.warmup_steps = s["warmup_steps"]
+    c.weight_decay = 0.01
+    c.clip_norm = 1.0
+    c.max_consecutive_nonfinite = 10  # skipped non-finite steps in a row before the run stops
 
-  c.log_every = s["log_every"]
-  c.eval_every = s["eval_every"]
-  c.eval_steps = s["eval_steps"]
-  c.eval_batch_size = s["eval_batch_size"]
-  c.checkpoint_every = s["checkpoint_every"]
-  c.keep_checkpoints = 3
-  c.progress_bar = True
+    c.log_every = s["log_every"]
+    c.eval_every = s["eval_every"]
+    c.eval_steps = s["eval_steps"]
+    c.eval_batch_size = s["eval_batch_size"]
+    c.checkpoint_every = s["checkpoint_every"]
+    c.keep_checkpoints = 3
+    c.progress_bar = True
 
-  c.data = ml_collections.ConfigDict()
-  c.data.files = ""  # glob(s), comma-separated; all sources empty = the embedded corpus
-  c.data.format = "auto"  # lines (one sentence per line, blank line between documents) | paragraphs
-  c.data.dataset = ""  # HF datasets name, e.g. wikipedia
-  c.data.dataset_config = ""
-  c.data.split = "train"
-  c.data.text_column = "text"
-  c.data.tfds = ""  # TFDS name, read with tfds.data_source
-  c.data.tokenizer = ""  # spiece.model (or an HF dir); empty = train one on the corpus into WORKDIR
-  c.data.cache_dir = ""  # token cache; empty = ~/.cache/albert_jax
-  c.data.short_seq_prob = 0.1
-  c.data.masked_lm_prob = 0.15
-  c.data.max_predictions_per_seq = s["max_predictions_per_seq"]
-  c.data.max_ngram = 3
-  c.data.dynamic_masking = True
-  c.data.eval_fraction = 0.02
-  c.data.worker_count = 0  # grain worker processes
+    c.data = ml_collections.ConfigDict()
+    c.data.files = ""  # glob(s), comma-separated; all sources empty = the embedded corpus
+    c.data.format = "auto"  # lines (one sentence per line, blank line between documents) | paragraphs
+    c.data.dataset = ""  # HF datasets name, e.g. wikipedia
+    c.data.dataset_config = ""
+    c.data.split = "train"
+    c.data.text_column = "text"
+    c.data.tfds = ""  # TFDS name, read with tfds.data_source
+    c.data.tokenizer = ""  # spiece.model (or an HF dir); empty = train one on the corpus into WORKDIR
+    c.data.cache_dir = ""  # token cache; empty = ~/.cache/albert_jax
+    c.data.short_seq_prob = 0.1
+    c.data.masked_lm_prob = 0.15
+    c.data.max_predictions_per_seq = s["max_predictions_per_seq"]
+    c.data.max_ngram = 3
+    c.data.dynamic_masking = True
+    c.data.eval_fraction = 0.02
+    c.data.worker_count = 0  # grain worker processes
 
-  c.mesh = common.mesh_config()
-  c.logical_axis_rules = common.logical_axis_rules()
-  return c
+    c.mesh = common.mesh_config()
+    c.logical_axis_rules = common.logical_axis_rules()
+    return c

@@ -1,0 +1,332 @@
+"""Pretraining end to end: learning, exact resume after SIGKILL, SIGTERM, NaN handling, bad input."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from albert_jax import optim
+from albert_jax.config import AlbertConfig
+from albert_jax.modeling import AlbertForPreTraining, init_params
+from albert_jax.training import pretrain, trainer
+from albert_jax import sharding as sharding_lib
+from configs import pretrain as pretrain_configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A model small enough for a 2-core CI machine, with everything else as in the `tiny` preset.
+SMALL = {
+    "model.vocab_size": 1000,
+    "model.embedding_size": 32,
+    "model.hidden_size": 64,
+    "model.num_attention_heads": 4,
+    "model.intermediate_size": 128,
+    "model.num_hidden_layers": 2,
+    "model.max_position_embeddings": 64,
+    "seq_len": 64,
+    "batch_size": 16,
+    "eval_batch_size": 8,
+    "eval_steps": 4,
+    "data.eval_fraction": 0.1,
+    "data.max_predictions_per_seq": 10,
+    "progress_bar": False,
+}
+
+
+def small_config(tmp_path, **overrides):
+    config = pretrain_configs.get_config("tiny")
+    for key, value in {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def cli_args(workdir, tmp_path, **overrides):
+    settings = {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides}
+    return [
+        sys.executable,
+        os.path.join(REPO, "pretrain.py"),
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}",
+    ] + [f"--config.{k}={v}" for k, v in settings.items()]
+
+
+def test_tiny_run_learns(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = small_config(
+        tmp_path,
+        total_steps=150,
+        warmup_steps=15,
+        learning_rate=5e-3,
+        log_every=10,
+        eval_every=0,
+        checkpoint_every=1000,
+    )
+    final = pretrain.run(config, workdir)
+    train = [m for m in read_metrics(workdir) if "loss" in m]
+    assert train[0]["step"] == 10 and train[-1]["step"] == 150
+    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 1.5, (train[0]["mlm_loss"], train[-1]["mlm_loss"])
+    assert final["mlm_accuracy"] > final["mlm_majority_accuracy"], final
+    for key in (
+        "loss",
+        "mlm_loss",
+        "mlm_accuracy",
+        "sop_loss",
+        "sop_accuracy",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_sec",
+    ):
+        assert key in train[-1]
+    # Run files: resolved config, model config, vocabulary, TensorBoard events, a final checkpoint.
+    assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 150
+    assert AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size == 1000
+    assert os.path.exists(os.path.join(workdir, "spiece.model"))
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert "150" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    # Export: transformers loads it and agrees with our model on the same input.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from albert_jax.export import export
+
+    out = export(workdir, str(tmp_path / "hf"))
+    hf, info = transformers.AlbertForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    from albert_jax import from_pretrained
+    from albert_jax.tokenizer import AlbertTokenizer
+
+    tok = AlbertTokenizer.from_pretrained(out)
+    enc = tok("The quick brown fox jumps over the lazy dog.", return_tensors="np")
+    model, params = from_pretrained(out, "AlbertForPreTraining")
+    ours = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    with torch.no_grad():
+        theirs = hf(**{k: torch.tensor(v) for k, v in enc.items()})
+    np.testing.assert_allclose(ours.prediction_logits, theirs.prediction_logits.numpy(), atol=1e-4)
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read().decode()[-2000:]}")
+        if os.path.exists(path):
+            steps = [json.loads(line)["step"] for line in open(path) if line.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the run")
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_reproduces_losses_bitwise(tmp_path):
+    overrides = dict(
+        total_steps=14, warmup_steps=2, log_every=1, eval_every=0, checkpoint_every=4, keep_checkpoints=2
+    )
+    reference = str(tmp_path / "reference")
+    subprocess.run(cli_args(reference, tmp_path, **overrides), check=True, cwd=REPO, capture_output=True)
+
+    workdir = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        cli_args(workdir, tmp_path, **overrides), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_step(workdir, 9, proc)  # past the step-8 checkpoint, mid-interval
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cli_args(workdir, tmp_path, **overrides), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ref = {m["step"]: m for m in read_metrics(reference) if "loss" in m}
+    got = {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
+    assert sorted(got) == sorted(ref) == list(range(1, 15))
+    for step in ref:
+        for key in ("loss", "mlm_loss", "sop_loss", "grad_norm"):
+            assert got[step][key] == ref[step][key], (step, key, got[step][key], ref[step][key])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_rerun_continues(tmp_path):
+    overrides = dict(total_steps=400, warmup_steps=2, log_every=1, eval_every=0, checkpoint_every=1000)
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        cli_args(workdir, tmp_path, **overrides), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 400  # saved where it stopped, not on the interval
+    done = subprocess.run(
+        cli_args(workdir, tmp_path, **{**overrides, "total_steps": saved[0] + 2}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [m["step"] for m in read_metrics(workdir) if "loss" in m]
+    assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
+
+
+# --- train_step ------------------------------------------------------------------------------------
+
+
+def _state_and_batch(grad_accum_seed=0, batch_size=8, seq=32, vocab=97):
+    cfg = AlbertConfig(
+        vocab_size=vocab,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=seq,
+    )
+    model = AlbertForPreTraining(cfg)
+    tx, schedule = optim.make_optimizer("lamb", 1e-3, total_steps=10, warmup_steps=1)
+    tx = optax.apply_if_finite(tx, 2**30)
+    mesh = sharding_lib.make_mesh()
+    state, _ = trainer.create_train_state(
+        lambda r: init_params(model, r, seq), model.apply, tx, mesh, sharding_lib.DEFAULT_RULES, 0
+    )
+    rng = np.random.default_rng(grad_accum_seed)
+    p = 5
+    batch = {
+        "input_ids": rng.integers(5, vocab, (batch_size, seq)).astype(np.int32),
+        "attention_mask": np.ones((batch_size, seq), np.int32),
+        "token_type_ids": np.zeros((batch_size, seq), np.int32),
+        "masked_lm_positions": rng.integers(1, seq, (batch_size, p)).astype(np.int32),
+        "masked_lm_ids": rng.integers(5, vocab, (batch_size, p)).astype(np.int32),
+        "masked_lm_weights": (rng.random((batch_size, p)) < 0.8).astype(np.float32),
+        "sentence_order_label": rng.integers(0, 2, (batch_size,)).astype(np.int32),
+    }
+    return state, schedule, batch
+
+
+def test_grad_accumulation_matches_full_batch():
+    state, schedule, batch = _state_and_batch()
+    full = jax.jit(functools.partial(pretrain.train_step, seed=0, schedule=schedule, grad_accum_steps=1))
+    accum = jax.jit(functools.partial(pretrain.train_step, seed=0, schedule=schedule, grad_accum_steps=4))
+    s1, m1 = full(state, batch)
+    s4, m4 = accum(state, batch)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(s1.step) == int(s4.step) == 1
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    state, schedule, batch = _state_and_batch()
+    step = jax.jit(functools.partial(pretrain.train_step, seed=0, schedule=schedule))
+    bad = dict(batch, masked_lm_weights=np.full_like(batch["masked_lm_weights"], np.nan))
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, bad)
+    assert int(metrics["nonfinite_streak"]) == 1 and int(metrics["nonfinite_total"]) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)  # the update was skipped
+    state, metrics = step(state, batch)
+    assert int(metrics["nonfinite_streak"]) == 0 and int(metrics["nonfinite_total"]) == 1
+    assert np.isfinite(metrics["loss"])
+
+
+def test_too_many_nonfinite_steps_stop_with_clear_error():
+    config = pretrain_configs.get_config("tiny")
+    config.max_consecutive_nonfinite = 3
+    metrics = {"nonfinite_streak": np.int32(3), "loss": np.float32(np.nan)}
+    with pytest.raises(trainer.TrainingError, match="3 consecutive steps had non-finite gradients"):
+        pretrain._report(
+            (7, metrics, trainer.Throughput(), 1, None),
+            trainer.MetricsSink.__new__(trainer.MetricsSink),
+            None,
+            config,
+        )
+
+
+def test_dropout_key_depends_on_step_only():
+    state, schedule, batch = _state_and_batch()
+    step = jax.jit(functools.partial(pretrain.train_step, seed=0, schedule=schedule))
+    _, m_a = step(state, batch)
+    _, m_b = step(state, batch)
+    assert float(m_a["loss"]) == float(m_b["loss"])
+
+
+# --- bad input: one line on stderr, exit 1, WORKDIR untouched ---------------------------------------
+
+
+def _snapshot(path):
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            out[p] = open(p, "rb").read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    """A workdir holding a finished short run; bad-input reruns must leave it exactly as it is."""
+    tmp = tmp_path_factory.mktemp("existing")
+    workdir = str(tmp / "run")
+    config = small_config(tmp, total_steps=2, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=2)
+    pretrain.run(config, workdir)
+    return tmp, workdir
+
+
+def _bad_input_cases(tmp):
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    not_spm = tmp / "not_spiece.model"
+    not_spm.write_bytes(b"this is not a sentencepiece model")
+    latin1 = tmp / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait.\n".encode("latin-1"))
+    return {
+        "missing corpus": ([f"--config.data.files={tmp}/nope/*.txt"], "nope"),
+        "empty corpus": ([f"--config.data.files={empty}"], "empty.txt"),
+        "non-UTF-8 corpus": ([f"--config.data.files={latin1}"], "latin1.txt"),
+        "not a SentencePiece model": ([f"--config.data.tokenizer={not_spm}"], "not_spiece.model"),
+        "vocab size mismatch": (["--config.model.vocab_size=1234"], "vocab_size"),
+        "unknown config key": (["--config.data.no_such_key=1"], "no_such_key"),
+        "inconsistent model": (["--config.model.num_attention_heads=5"], "num_attention_heads"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing corpus",
+        "empty corpus",
+        "non-UTF-8 corpus",
+        "not a SentencePiece model",
+        "vocab size mismatch",
+        "unknown config key",
+        "inconsistent model",
+    ],
+)
+def test_bad_input_is_one_clear_line_and_destroys_nothing(existing_run, case):
+    tmp, workdir = existing_run
+    extra, needle = _bad_input_cases(tmp)[case]
+    before = _snapshot(workdir)
+    args = cli_args(workdir, tmp, total_steps=4, warmup_steps=1) + extra
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith(("I1", "W1"))]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    assert len([l for l in lines if needle in l]) >= 1
+    assert _snapshot(workdir) == before
