@@ -1,0 +1,415 @@
+"""Hugging Face interop: load and save transformers-format ALBERT checkpoints.
+
+The mapping between HF's state-dict keys and our parameter paths is the table `TABLE`: one row per
+tensor, with a transform (transpose for `nn.Linear`, transpose + reshape for the per-head attention
+kernels, identity for embeddings and LayerNorm). `params_from_hf` / `params_to_hf` apply it;
+`from_pretrained` / `save_pretrained` add the file handling (safetensors, sharded indexes, and
+`pytorch_model.bin` read without torch).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import safetensors.numpy
+from flax import traverse_util
+
+from albert_jax.config import AlbertConfig
+from albert_jax.modeling import HEADS, AlbertModel, init_params
+
+logger = logging.getLogger(__name__)
+
+Params = dict[str, Any]
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+class Transform(NamedTuple):
+    """How one tensor changes between HF's layout and ours. `hf_shape` maps our shape to HF's."""
+
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    to_ours: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+    hf_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+IDENTITY = Transform(lambda x: x, lambda x, s: x, lambda s: s)
+# nn.Linear stores [out, in]; Dense stores [in, out].
+LINEAR = Transform(lambda x: x.T, lambda x, s: x.T, lambda s: s[::-1])
+# query/key/value: HF [N*D, H] ↔ ours [H, N, D]; their biases [N*D] ↔ [N, D].
+HEADS_IN = Transform(
+    lambda x: x.reshape(x.shape[0], -1).T, lambda x, s: x.T.reshape(s), lambda s: (s[1] * s[2], s[0])
+)
+HEADS_BIAS = Transform(lambda x: x.reshape(-1), lambda x, s: x.reshape(s), lambda s: (s[0] * s[1],))
+# attention output dense: HF [H, N*D] ↔ ours [N, D, H].
+HEADS_OUT = Transform(
+    lambda x: x.reshape(-1, x.shape[-1]).T, lambda x, s: x.T.reshape(s), lambda s: (s[2], s[0] * s[1])
+)
+
+
+def _linear(hf: str, ours: str, kernel: Transform = LINEAR, bias: Transform = IDENTITY):
+    return (f"{hf}.weight", f"{ours}/kernel", kernel), (f"{hf}.bias", f"{ours}/bias", bias)
+
+
+def _embedding(name: str):
+    return (f"albert.embeddings.{name}.weight", f"albert/embeddings/{name}/embedding", IDENTITY)
+
+
+def _norm(hf: str, ours: str):
+    return (f"{hf}.weight", f"{ours}/scale", IDENTITY), (f"{hf}.bias", f"{ours}/bias", IDENTITY)
+
+
+_HF_LAYER = "albert.encoder.albert_layer_groups.{g}.albert_layers.{j}"
+_OUR_LAYER = "albert/encoder/group_{g}/layer_{j}"
+
+# (HF key, our path, transform), written for a head model; AlbertModel drops the `albert` prefix on
+# both sides. `{g}` is the layer group, `{j}` the layer inside it.
+TABLE: tuple[tuple[str, str, Transform], ...] = (
+    _embedding("word_embeddings"),
+    _embedding("position_embeddings"),
+    _embedding("token_type_embeddings"),
+    *_norm("albert.embeddings.LayerNorm", "albert/embeddings/LayerNorm"),
+    *_linear("albert.encoder.embedding_hidden_mapping_in", "albert/encoder/embedding_hidden_mapping_in"),
+    *_linear(f"{_HF_LAYER}.attention.query", f"{_OUR_LAYER}/attention/query", HEADS_IN, HEADS_BIAS),
+    *_linear(f"{_HF_LAYER}.attention.key", f"{_OUR_LAYER}/attention/key", HEADS_IN, HEADS_BIAS),
+    *_linear(f"{_HF_LAYER}.attention.value", f"{_OUR_LAYER}/attention/value", HEADS_IN, HEADS_BIAS),
+    *_linear(f"{_HF_LAYER}.attention.dense", f"{_OUR_LAYER}/attention/dense", HEADS_OUT),
+    *_norm(f"{_HF_LAYER}.attention.LayerNorm", f"{_OUR_LAYER}/attention/LayerNorm"),
+    *_linear(f"{_HF_LAYER}.ffn", f"{_OUR_LAYER}/ffn"),
+    *_linear(f"{_HF_LAYER}.ffn_output", f"{_OUR_LAYER}/ffn_output"),
+    *_norm(f"{_HF_LAYER}.full_layer_layer_norm", f"{_OUR_LAYER}/full_layer_layer_norm"),
+    *_linear("albert.pooler", "albert/pooler"),
+    *_linear("predictions.dense", "predictions/dense"),
+    *_norm("predictions.LayerNorm", "predictions/LayerNorm"),
+    ("predictions.bias", "predictions/bias", IDENTITY),
+    *_linear("sop_classifier.classifier", "sop_classifier/classifier"),
+    *_linear("classifier", "classifier"),
+    *_linear("qa_outputs", "qa_outputs"),
+)
+
+# Checkpoint keys that carry nothing of their own: tied copies and non-persistent buffers.
+_TIED_OR_BUFFERS = frozenset(
+    {
+        "predictions.decoder.weight",  # tied to the word embeddings
+        "predictions.decoder.bias",  # tied to predictions.bias
+        "albert.embeddings.position_ids",
+        "albert.embeddings.token_type_ids",
+    }
+)
+# Parts of the base model that a head checkpoint may legitimately lack (AlbertForMaskedLM has no pooler).
+_OPTIONAL_BASE = ("albert/pooler/",)
+
+
+def _expand(config: AlbertConfig) -> dict[str, tuple[str, Transform]]:
+    """Our path (head-model form) -> (HF key, transform), for every group and inner layer."""
+    rows = {}
+    for hf, ours, transform in TABLE:
+        if "{g}" in hf:
+            for g in range(config.num_hidden_groups):
+                for j in range(config.inner_group_num):
+                    rows[ours.format(g=g, j=j)] = (hf.format(g=g, j=j), transform)
+        else:
+            rows[ours] = (hf, transform)
+    return rows
+
+
+def _head_cls(cls: type[nn.Module] | str) -> type[nn.Module]:
+    if isinstance(cls, str):
+        if cls not in HEADS:
+            raise ValueError(f"unknown ALBERT class {cls!r}; choose one of {', '.join(HEADS)}")
+        return HEADS[cls]
+    if cls not in HEADS.values():
+        raise ValueError(f"{cls!r} is not an ALBERT model class; choose one of {', '.join(HEADS)}")
+    return cls
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor, without importing torch
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            return x.float().numpy().astype(ml_dtypes.bfloat16)
+        return x.numpy()
+    return np.asarray(jax.device_get(x))
+
+
+def _canonical(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys in head-model form: bare AlbertModel keys get `albert.`; legacy gamma/beta are renamed."""
+    out = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+        if key.split(".", 1)[0] in ("embeddings", "encoder", "pooler"):
+            key = "albert." + key
+        out[key] = value
+    if "predictions.bias" not in out and "predictions.decoder.bias" in out:
+        out["predictions.bias"] = out["predictions.decoder.bias"]
+    return out
+
+
+def _abstract_params(module: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
+    # seq_len=1: shapes do not depend on it, and it never exceeds max_position_embeddings.
+    shapes = jax.eval_shape(lambda: nn.unbox(init_params(module, jax.random.key(0), seq_len=1)))
+    return traverse_util.flatten_dict(shapes, sep="/")
+
+
+# --- pure conversion -----------------------------------------------------------------------------
+
+
+def params_from_hf(
+    config: AlbertConfig,
+    cls: type[nn.Module] | str,
+    state_dict: Mapping[str, Any],
+    *,
+    rng_seed: int = 0,
+) -> Params:
+    """HF state dict (numpy or torch tensors) -> unboxed params for `cls(config)`, in config.param_dtype.
+
+    Head parameters (and the pooler) absent from the checkpoint are initialised fresh from `rng_seed`
+    and logged; checkpoint tensors the model does not use are logged too. A missing encoder tensor or
+    a shape mismatch raises ValueError.
+    """
+    module_cls = _head_cls(cls)
+    module = module_cls(config)
+    prefix = "albert/" if module_cls is AlbertModel else ""
+    table = _expand(config)
+    state = _canonical(state_dict)
+    params, missing, used, mismatched = {}, {}, set(), []
+    for path, abstract in _abstract_params(module).items():
+        hf_key, transform = table[prefix + path]
+        if hf_key not in state:
+            missing[path] = hf_key
+            continue
+        x = _to_numpy(state[hf_key])
+        expected = transform.hf_shape(abstract.shape)
+        if x.shape != expected:
+            mismatched.append(f"checkpoint tensor {hf_key!r} has shape {x.shape}, expected {expected}")
+            continue
+        params[path] = jnp.asarray(transform.to_ours(x, abstract.shape), dtype=abstract.dtype)
+        used.add(hf_key)
+    if mismatched:
+        raise ValueError(
+            f"shape mismatch loading {module_cls.__name__} (check config.json and the overrides): "
+            + "; ".join(mismatched)
+        )
+    required = [
+        hf for path, hf in missing.items() if (prefix + path).startswith("albert/")
+        and not (prefix + path).startswith(_OPTIONAL_BASE)
+    ]
+    if required:
+        shown = ", ".join(sorted(required)[:6]) + (", …" if len(required) > 6 else "")
+        raise ValueError(
+            f"the checkpoint lacks {len(required)} encoder tensor(s) that {module_cls.__name__} needs: "
+            + shown
+        )
+    if missing:
+        paths = sorted(missing)
+
+        @jax.jit
+        def fresh(rng):  # jit lets XLA drop the initialisers of everything we do not keep
+            flat = traverse_util.flatten_dict(nn.unbox(init_params(module, rng, seq_len=1)), sep="/")
+            return {p: flat[p] for p in paths}
+
+        params.update(fresh(jax.random.key(rng_seed)))
+        logger.warning(
+            "%s: not in the checkpoint, initialised fresh (train before use): %s",
+            module_cls.__name__,
+            ", ".join(paths),
+        )
+    unused = sorted(set(state) - used - _TIED_OR_BUFFERS)
+    if unused:
+        logger.info("%s: checkpoint tensors not used: %s", module_cls.__name__, ", ".join(unused))
+    return traverse_util.unflatten_dict(params, sep="/")
+
+
+def params_to_hf(module_or_config: nn.Module | AlbertConfig, params: Params) -> dict[str, np.ndarray]:
+    """Params (boxed or not) -> HF state dict with HF's exact key set (tied decoder weights omitted)."""
+    config = module_or_config if isinstance(module_or_config, AlbertConfig) else module_or_config.config
+    flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+    head_model = any(path.startswith("albert/") for path in flat)
+    table = _expand(config)
+    out = {}
+    for path, value in flat.items():
+        canonical = path if head_model else "albert/" + path
+        if canonical not in table:
+            raise ValueError(f"parameter {path} has no Hugging Face name (does the config match the params?)")
+        hf_key, transform = table[canonical]
+        if not head_model:
+            hf_key = hf_key.removeprefix("albert.")
+        out[hf_key] = np.ascontiguousarray(transform.to_hf(_to_numpy(value)))
+    return out
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+_HUB_PATTERNS = [
+    "config.json", "*.safetensors", "*.bin", "*.index.json", "spiece.model", "tokenizer_config.json"
+]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _resolve_dir(path: str | os.PathLike) -> Path:
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise FileNotFoundError(
+            f"{path} is a file; pass the directory that holds config.json and the weights"
+        )
+    if not _HUB_ID.match(str(path)) or str(path).count("/") > 1:
+        raise FileNotFoundError(f"no such directory: {path}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError(
+            f"{path} is not a local directory; to fetch it from the Hub, pip install huggingface_hub"
+        ) from None
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, no access: all end the same way for the caller
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"{path} is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({type(e).__name__}: {reason})"
+        ) from None
+
+
+_TORCH_STORAGES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused) -> np.ndarray:
+    item = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+    )
+    return view.copy()
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Reads torch.save's zip format into numpy, allowing only tensor-rebuilding globals."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str):
+        super().__init__(archive.open(f"{root}/data.pkl"))
+        self._archive, self._root, self._storages = archive, root, {}
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in _TORCH_STORAGES:
+            return np.dtype(_TORCH_STORAGES[name])
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return lambda data, requires_grad, hooks: data
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, _numel = pid
+        if kind != "storage" or not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError(f"unsupported torch storage {pid!r}")
+        if key not in self._storages:
+            self._storages[key] = np.frombuffer(self._archive.read(f"{self._root}/data/{key}"), dtype)
+        return self._storages[key]
+
+
+def load_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A `torch.save`d state dict -> numpy arrays, without torch (zip format; legacy files need torch)."""
+    if not zipfile.is_zipfile(path):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(
+                f"{path} uses torch's legacy (pre-1.6) format; pip install torch to read it"
+            ) from None
+        return {k: _to_numpy(v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise ValueError(f"{path} is not a torch.save archive (no single data.pkl)")
+        root = pickles[0][: -len("/data.pkl")]
+        if f"{root}/byteorder" in archive.namelist() and archive.read(f"{root}/byteorder") != b"little":
+            raise ValueError(f"{path} was written on a big-endian machine; load it with torch")
+        state = _TorchUnpickler(archive, root).load()
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return dict(state)
+
+
+def load_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All weights in an HF model directory: model.safetensors, pytorch_model.bin, or a sharded index."""
+    directory = Path(directory)
+    loaders = {
+        "model.safetensors": safetensors.numpy.load_file,
+        "pytorch_model.bin": load_torch_bin,
+    }
+    for name, load in loaders.items():
+        if (directory / name).is_file():
+            return load(directory / name)
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load(directory / shard).items()}
+    raise FileNotFoundError(
+        f"no weights in {directory}: looked for model.safetensors, pytorch_model.bin and their .index.json"
+    )
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    cls: type[nn.Module] | str = "AlbertModel",
+    *,
+    rng_seed: int = 0,
+    dtype: Any = None,
+    **config_overrides: Any,
+) -> tuple[nn.Module, Params]:
+    """Load an HF ALBERT directory (or Hub id) into `cls`; returns `(module, unboxed params)`.
+
+    `cls` is a class or its name (`modeling.HEADS`). `dtype` (e.g. "bfloat16") sets both compute and
+    parameter dtype, as HF's `dtype=` does; a `param_dtype=` override wins (mixed precision). Other
+    overrides replace config.json fields (e.g. `num_labels=3`).
+    """
+    module_cls = _head_cls(cls)
+    directory = _resolve_dir(path)
+    if dtype is not None:
+        name = jnp.dtype(dtype).name
+        config_overrides = {"dtype": name, "param_dtype": name, **config_overrides}
+    config = AlbertConfig.from_json(directory / "config.json", **config_overrides)
+    state = load_state_dict(directory)
+    module = module_cls(config)
+    return module, params_from_hf(config, module_cls, state, rng_seed=rng_seed)
+
+
+def save_pretrained(path: str | os.PathLike, module: nn.Module, params: Params) -> None:
+    """Write config.json and model.safetensors, which `transformers.<Class>.from_pretrained` loads cleanly."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_dict = module.config.to_hf_dict()
+    config_dict["architectures"] = [type(module).__name__]
+    config_dict["dtype"] = module.config.param_dtype
+    with open(directory / "config.json", "w") as f:
+        json.dump(config_dict, f, indent=2, sort_keys=True)
+    safetensors.numpy.save_file(
+        params_to_hf(module, params), str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
