@@ -6,11 +6,10 @@ Re-running the same command resumes from the latest checkpoint in WORKDIR.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from albert_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Experiment config file.")
+_CONFIG = cli.define_config_flag("configs/pretrain.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the vocabulary.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -23,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

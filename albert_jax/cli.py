@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 from absl import flags
+from ml_collections import config_flags
 
 from albert_jax.training.trainer import TrainingError
 
@@ -23,7 +24,40 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 
 # Mistakes a user can make (bad paths, bad values, a diverged run); anything else is a bug and keeps
 # its traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, TrainingError)
+USER_ERRORS = (ValueError, TypeError, OSError, TrainingError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (ml_collections embeds whole tracebacks in its messages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
+    return " ".join(lines)
+
+
+def _flag_errors_on_one_line(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except flags.Error as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+    except AttributeError as e:  # ml_collections: the locked config has no such field
+        print(f"error: unknown config key {e} (see the config file for the keys it has)", file=sys.stderr)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        print(f"error: invalid --config: {one_line(e)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def define_config_flag(default: str) -> Any:
+    """`--config=FILE:ARG` plus `--config.key=value` overrides (ml_collections reads those from argv
+    while defining the flag, so a typo'd key surfaces here)."""
+    return _flag_errors_on_one_line(
+        lambda: config_flags.DEFINE_config_file("config", default, "Experiment config file (FILE:PRESET).")
+    )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config-override mistakes (a typo'd key, a wrong type) on one line."""
+    return _flag_errors_on_one_line(lambda: flags.FLAGS(argv))
 
 
 def initialize_distributed() -> None:
@@ -45,6 +79,6 @@ def run_guarded(fn: Callable[[], object]) -> int:
     except USER_ERRORS as e:
         if _TRACEBACK.value:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0

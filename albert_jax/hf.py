@@ -204,8 +204,9 @@ def params_from_hf(
             + "; ".join(mismatched)
         )
     required = [
-        hf for path, hf in missing.items() if (prefix + path).startswith("albert/")
-        and not (prefix + path).startswith(_OPTIONAL_BASE)
+        hf
+        for path, hf in missing.items()
+        if (prefix + path).startswith("albert/") and not (prefix + path).startswith(_OPTIONAL_BASE)
     ]
     if required:
         shown = ", ".join(sorted(required)[:6]) + (", …" if len(required) > 6 else "")
@@ -254,7 +255,12 @@ def params_to_hf(module_or_config: nn.Module | AlbertConfig, params: Params) -> 
 # --- files ---------------------------------------------------------------------------------------
 
 _HUB_PATTERNS = [
-    "config.json", "*.safetensors", "*.bin", "*.index.json", "spiece.model", "tokenizer_config.json"
+    "config.json",
+    "*.safetensors",
+    "*.bin",
+    "*.index.json",
+    "spiece.model",
+    "tokenizer_config.json",
 ]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -8,7 +8,7 @@ I intermediate size, V vocabulary, P masked positions. Parameter names mirror HF
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -188,9 +188,9 @@ class AlbertAttention(nn.Module):
         else:
             # cuDNN flash attention on GPU; the XLA kernel elsewhere.
             context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
-        out = _Einsum(cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense")(
-            context
-        )
+        out = _Einsum(
+            cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense"
+        )(context)
         out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
         return _layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
 
@@ -435,212 +435,124 @@ def _classifier_dropout(cfg: AlbertConfig) -> float:
     return cfg.classifier_dropout_prob if cfg.classifier_dropout_prob is not None else cfg.hidden_dropout_prob
 
 
-class AlbertForPreTraining(nn.Module):
+class _AlbertWithHead(nn.Module):
+    """HF's call signature and the `albert` encoder, shared by every head; subclasses define `head`.
+
+    Multiple choice (`choices=True`) takes [B, C, T] inputs and encodes them as [B*C, T].
+    """
+
+    config: AlbertConfig
+    pooling: ClassVar[bool] = True  # HF builds AlbertModel(add_pooling_layer=...) per head
+    choices: ClassVar[bool] = False
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **head_inputs,
+    ):
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids)
+        if self.choices:
+            check_inputs(self.config, *inputs, rank=3)
+            inputs = tuple(
+                None if a is None else jnp.reshape(a, (-1, np.shape(a)[-1])) for a in inputs
+            )  # 'BCT->(BC)T'
+        albert = AlbertModel(self.config, add_pooling_layer=self.pooling, name="albert")
+        out = albert(*inputs, deterministic, output_hidden_states, output_attentions)
+        fields = self.head(albert, out, deterministic, np.shape(input_ids), **head_inputs)
+        return self.output_cls(**fields, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class AlbertForPreTraining(_AlbertWithHead):
     """MLM + sentence-order prediction. With `masked_lm_positions` [B, P] the vocabulary logits are
     computed at those positions only ([B, P, V], as the original ALBERT does), else at every position."""
 
-    config: AlbertConfig
+    output_cls: ClassVar[type] = AlbertForPreTrainingOutput
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        masked_lm_positions=None,
-    ) -> AlbertForPreTrainingOutput:
-        albert = AlbertModel(self.config, name="albert")
-        out = albert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
+    def head(self, albert, out, deterministic, shape, masked_lm_positions=None):
         x = out.last_hidden_state
         if masked_lm_positions is not None:
             x = jnp.take_along_axis(x, jnp.asarray(masked_lm_positions)[..., None], axis=1)  # 'BTH,BP->BPH'
-        logits = AlbertMLMHead(self.config, name="predictions")(x, albert.word_embeddings())
-        sop = AlbertSOPHead(self.config, name="sop_classifier")(out.pooler_output, deterministic)
-        return AlbertForPreTrainingOutput(
-            prediction_logits=logits,
-            sop_logits=sop,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-        )
+        return {
+            "prediction_logits": AlbertMLMHead(self.config, name="predictions")(x, albert.word_embeddings()),
+            "sop_logits": AlbertSOPHead(self.config, name="sop_classifier")(out.pooler_output, deterministic),
+        }
 
 
-class AlbertForMaskedLM(nn.Module):
-    config: AlbertConfig
+class AlbertForMaskedLM(_AlbertWithHead):
+    """Vocabulary logits at every position, `logits` [B, T, V]."""
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> MaskedLMOutput:
-        albert = AlbertModel(self.config, add_pooling_layer=False, name="albert")
-        out = albert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
-        logits = AlbertMLMHead(self.config, name="predictions")(
-            out.last_hidden_state, albert.word_embeddings()
-        )
-        return MaskedLMOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+    pooling: ClassVar[bool] = False
+    output_cls: ClassVar[type] = MaskedLMOutput
+
+    def head(self, albert, out, deterministic, shape):
+        mlm = AlbertMLMHead(self.config, name="predictions")
+        return {"logits": mlm(out.last_hidden_state, albert.word_embeddings())}
 
 
-class AlbertForSequenceClassification(nn.Module):
+class AlbertForSequenceClassification(_AlbertWithHead):
     """Pooled [CLS] → dropout → classifier; `logits` [B, num_labels] (num_labels=1 is regression)."""
 
-    config: AlbertConfig
+    output_cls: ClassVar[type] = ClassifierOutput
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        out = AlbertModel(self.config, name="albert")(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
+    def head(self, albert, out, deterministic, shape):
         cfg = self.config
-        logits = _classify(cfg, out.pooler_output, cfg.num_labels, cfg.classifier_dropout_prob, deterministic)
-        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return {
+            "logits": _classify(
+                cfg, out.pooler_output, cfg.num_labels, cfg.classifier_dropout_prob, deterministic
+            )
+        }
 
 
-class AlbertForTokenClassification(nn.Module):
+class AlbertForTokenClassification(_AlbertWithHead):
     """Every position → dropout → classifier; `logits` [B, T, num_labels]."""
 
-    config: AlbertConfig
+    pooling: ClassVar[bool] = False
+    output_cls: ClassVar[type] = ClassifierOutput
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        out = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
+    def head(self, albert, out, deterministic, shape):
         cfg = self.config
-        logits = _classify(
-            cfg, out.last_hidden_state, cfg.num_labels, _classifier_dropout(cfg), deterministic
-        )
-        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return {
+            "logits": _classify(
+                cfg, out.last_hidden_state, cfg.num_labels, _classifier_dropout(cfg), deterministic
+            )
+        }
 
 
-class AlbertForQuestionAnswering(nn.Module):
+class AlbertForQuestionAnswering(_AlbertWithHead):
     """Span extraction: `start_logits`, `end_logits` [B, T] from one linear layer (HF's `qa_outputs`)."""
 
-    config: AlbertConfig
+    pooling: ClassVar[bool] = False
+    output_cls: ClassVar[type] = QuestionAnsweringOutput
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> QuestionAnsweringOutput:
+    def head(self, albert, out, deterministic, shape):
         if self.config.num_labels != 2:
             raise ValueError(
                 f"AlbertForQuestionAnswering needs num_labels=2 (start, end), got {self.config.num_labels}"
             )
-        out = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
         logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(out.last_hidden_state).astype(
             jnp.float32
         )
-        return QuestionAnsweringOutput(
-            start_logits=logits[..., 0],
-            end_logits=logits[..., 1],
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-        )
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}  # 'BT2->BT, BT'
 
 
-class AlbertForMultipleChoice(nn.Module):
+class AlbertForMultipleChoice(_AlbertWithHead):
     """Inputs [B, C, T]; each choice is encoded and pooled, then scored; `logits` [B, C]."""
 
-    config: AlbertConfig
+    choices: ClassVar[bool] = True
+    output_cls: ClassVar[type] = ClassifierOutput
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        check_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, rank=3)
-        batch, choices, length = np.shape(input_ids)
-        flat = lambda a: None if a is None else jnp.reshape(a, (-1, np.shape(a)[-1]))  # 'BCT->(BC)T'
-        out = AlbertModel(self.config, name="albert")(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            deterministic,
-            output_hidden_states,
-            output_attentions,
-        )
+    def head(self, albert, out, deterministic, shape):
         logits = _classify(
             self.config, out.pooler_output, 1, self.config.classifier_dropout_prob, deterministic
         )
-        logits = logits.reshape(batch, choices)
-        return ClassifierOutput(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return {"logits": logits.reshape(shape[:2])}  # '(BC)1->BC'
 
 
 HEADS: dict[str, type[nn.Module]] = {
@@ -658,7 +570,10 @@ HEADS: dict[str, type[nn.Module]] = {
 
 
 def init_params(module: nn.Module, rng: Array, seq_len: int = 8) -> Any:
-    """Initialise parameters (boxed with their logical axis names) from a dummy batch."""
+    """Initialise parameters (boxed with their logical axis names) from a dummy batch.
+
+    Jitted: an eager `nn.scan` would trace and compile its body op by op, which is far slower.
+    """
     rank = 3 if isinstance(module, AlbertForMultipleChoice) else 2
     ids = jnp.zeros((1,) * (rank - 1) + (seq_len,), jnp.int32)
-    return module.init({"params": rng}, ids)["params"]
+    return jax.jit(lambda r: module.init({"params": r}, ids)["params"])(rng)

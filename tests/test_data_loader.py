@@ -33,7 +33,9 @@ def corpus(tmp_path_factory):
         from albert_jax.data.text import iter_documents
 
         text = [s for doc in iter_documents(CorpusSpec()) for s in doc]
-        tok = AlbertTokenizer(train_tokenizer(text, str(tmp_path_factory.mktemp("tok") / "spm"), vocab_size=1000))
+        tok = AlbertTokenizer(
+            train_tokenizer(text, str(tmp_path_factory.mktemp("tok") / "spm"), vocab_size=1000)
+        )
     return TokenizedCorpus.build(CorpusSpec(), tok, str(tmp_path_factory.mktemp("cache")))
 
 
@@ -54,15 +56,20 @@ def test_batch_shapes_and_dtypes(corpus):
     batch = next(iter(ds))
     shapes = {k: (v.shape, v.dtype) for k, v in batch.items()}
     assert shapes == {
-        "input_ids": ((8, 64), np.int32), "attention_mask": ((8, 64), np.int32),
-        "token_type_ids": ((8, 64), np.int32), "masked_lm_positions": ((8, 10), np.int32),
-        "masked_lm_ids": ((8, 10), np.int32), "masked_lm_weights": ((8, 10), np.float32),
+        "input_ids": ((8, 64), np.int32),
+        "attention_mask": ((8, 64), np.int32),
+        "token_type_ids": ((8, 64), np.int32),
+        "masked_lm_positions": ((8, 10), np.int32),
+        "masked_lm_ids": ((8, 10), np.int32),
+        "masked_lm_weights": ((8, 10), np.float32),
         "sentence_order_label": ((8,), np.int32),
     }
 
 
 def test_same_seed_same_batches(corpus):
-    make = lambda seed: take(iter(pretraining_dataset(corpus, CFG, split="train", global_batch_size=BATCH, seed=seed)), 4)
+    make = lambda seed: take(
+        iter(pretraining_dataset(corpus, CFG, split="train", global_batch_size=BATCH, seed=seed)), 4
+    )
     assert_batches_equal(make(3), make(3))
     other = make(4)
     assert not np.array_equal(make(3)[0]["input_ids"], other[0]["input_ids"])
@@ -74,7 +81,10 @@ def test_epochs_reshuffle_and_remask(corpus, dynamic):
     chunks = corpus.chunks(cfg, "train", seed=0)
     n = len(chunks)
     fn = ExampleFn(corpus, chunks, cfg, seed=0)
-    same = [np.array_equal(fn(c, c)["masked_lm_positions"], fn(n + c, c)["masked_lm_positions"]) for c in range(50)]
+    same = [
+        np.array_equal(fn(c, c)["masked_lm_positions"], fn(n + c, c)["masked_lm_positions"])
+        for c in range(50)
+    ]
     if dynamic:
         assert np.mean(same) < 0.2  # a new epoch gives new masks
     else:
@@ -95,8 +105,17 @@ def test_process_slices_disjoint_and_cover(corpus):
     count = 4
     global_it = iter(pretraining_dataset(corpus, CFG, split="train", global_batch_size=BATCH, seed=1))
     local_its = [
-        iter(pretraining_dataset(corpus, CFG, split="train", global_batch_size=BATCH, seed=1,
-                                 process_index=p, process_count=count))
+        iter(
+            pretraining_dataset(
+                corpus,
+                CFG,
+                split="train",
+                global_batch_size=BATCH,
+                seed=1,
+                process_index=p,
+                process_count=count,
+            )
+        )
         for p in range(count)
     ]
     for _ in range(3):
@@ -109,8 +128,12 @@ def test_process_slices_disjoint_and_cover(corpus):
 
 
 def test_batch_not_divisible_by_processes(corpus):
-    with pytest.raises(ValueError, match="global_batch_size=6 must be a positive multiple of process_count=4"):
-        pretraining_dataset(corpus, CFG, split="train", global_batch_size=6, seed=0, process_index=0, process_count=4)
+    with pytest.raises(
+        ValueError, match="global_batch_size=6 must be a positive multiple of process_count=4"
+    ):
+        pretraining_dataset(
+            corpus, CFG, split="train", global_batch_size=6, seed=0, process_index=0, process_count=4
+        )
 
 
 def test_iterator_state_resume(corpus):
@@ -211,5 +234,7 @@ def test_make_global_batch_8_cpu_devices():
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]

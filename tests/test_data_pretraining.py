@@ -83,8 +83,17 @@ def _contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
 
 @pytest.mark.parametrize(
     "piece, expected",
-    [("▁the", True), ("<unk>", True), (".", True), ("€", True), ("ing", False), ("s", False),
-     ("12", True), ("é", True), ("ab-c", False)],
+    [
+        ("▁the", True),
+        ("<unk>", True),
+        (".", True),
+        ("€", True),
+        ("ing", False),
+        ("s", False),
+        ("12", True),
+        ("é", True),
+        ("ab-c", False),
+    ],
 )
 def test_is_start_piece(piece, expected):
     assert is_start_piece(piece) == expected
@@ -99,8 +108,19 @@ def _reference_truncate_lengths(la: int, lb: int, m: int) -> tuple[int, int]:
     return la, lb
 
 
-@pytest.mark.parametrize("la, lb, m", [(3, 4, 10), (50, 3, 20), (3, 50, 20), (30, 30, 21),
-                                       (30, 30, 20), (40, 12, 30), (11, 10, 19), (200, 1, 5)])
+@pytest.mark.parametrize(
+    "la, lb, m",
+    [
+        (3, 4, 10),
+        (50, 3, 20),
+        (3, 50, 20),
+        (30, 30, 21),
+        (30, 30, 20),
+        (40, 12, 30),
+        (11, 10, 19),
+        (200, 1, 5),
+    ],
+)
 def test_truncate_seq_pair_matches_reference(la, lb, m):
     a, b = np.arange(la), 1000 + np.arange(lb)
     rng = np.random.default_rng(0)
@@ -140,9 +160,12 @@ def test_dtypes_and_shapes(examples):
     stacked, _, _ = examples
     n = len(stacked["input_ids"])
     expect = {
-        "input_ids": ((n, 128), np.int32), "attention_mask": ((n, 128), np.int32),
-        "token_type_ids": ((n, 128), np.int32), "masked_lm_positions": ((n, 20), np.int32),
-        "masked_lm_ids": ((n, 20), np.int32), "masked_lm_weights": ((n, 20), np.float32),
+        "input_ids": ((n, 128), np.int32),
+        "attention_mask": ((n, 128), np.int32),
+        "token_type_ids": ((n, 128), np.int32),
+        "masked_lm_positions": ((n, 20), np.int32),
+        "masked_lm_ids": ((n, 20), np.int32),
+        "masked_lm_weights": ((n, 20), np.float32),
         "sentence_order_label": ((n,), np.int32),
     }
     assert {k: (v.shape, v.dtype) for k, v in stacked.items()} == expect
@@ -156,7 +179,9 @@ def test_masked_positions_valid(examples, corpus):
     assert ((w == 0) | (w == 1)).all()
     # Real predictions come first; padding entries are all zero.
     assert (np.cumsum(w == 0, axis=1)[w == 1] == 0).all()
-    assert (stacked["masked_lm_positions"][w == 0] == 0).all() and (stacked["masked_lm_ids"][w == 0] == 0).all()
+    assert (stacked["masked_lm_positions"][w == 0] == 0).all() and (
+        stacked["masked_lm_ids"][w == 0] == 0
+    ).all()
     for i in range(len(k)):
         pos = stacked["masked_lm_positions"][i, : k[i]]
         length = stacked["attention_mask"][i].sum()

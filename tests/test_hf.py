@@ -23,8 +23,15 @@ from albert_jax.hf import load_torch_bin, params_from_hf, params_to_hf
 ATOL = 1e-4
 # Two groups of two layers and E≠H, so every index in the key table is exercised.
 CONFIG = dict(
-    vocab_size=67, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
-    inner_group_num=2, num_attention_heads=4, intermediate_size=40, max_position_embeddings=24,
+    vocab_size=67,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_hidden_groups=2,
+    inner_group_num=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    max_position_embeddings=24,
     hidden_act="gelu_new",
 )
 HEADS = [
@@ -36,8 +43,15 @@ HEADS = [
     ("AlbertForTokenClassification", 4),
     ("AlbertForQuestionAnswering", 2),
 ]
-OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "prediction_logits", "sop_logits", "logits",
-                 "start_logits", "end_logits")
+OUTPUT_FIELDS = (
+    "last_hidden_state",
+    "pooler_output",
+    "prediction_logits",
+    "sop_logits",
+    "logits",
+    "start_logits",
+    "end_logits",
+)
 
 
 def random_params(module: nn.Module, seed: int = 0):
@@ -47,10 +61,12 @@ def random_params(module: nn.Module, seed: int = 0):
     """
     shapes = jax.eval_shape(lambda: nn.unbox(modeling.init_params(module, jax.random.key(0))))
     rng = np.random.default_rng(seed)
-    return traverse_util.unflatten_dict({
-        path: jnp.asarray((path[-1] == "scale") + 0.1 * rng.standard_normal(s.shape), s.dtype)
-        for path, s in traverse_util.flatten_dict(shapes).items()
-    })
+    return traverse_util.unflatten_dict(
+        {
+            path: jnp.asarray((path[-1] == "scale") + 0.1 * rng.standard_normal(s.shape), s.dtype)
+            for path, s in traverse_util.flatten_dict(shapes).items()
+        }
+    )
 
 
 def hf_random(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
@@ -248,8 +264,12 @@ def test_bin_rejects_arbitrary_globals(tmp_path):
 def test_sharded_safetensors(tmp_path):
     model = hf_random("AlbertForMaskedLM")
     model.config.save_pretrained(tmp_path)
-    state = params_to_hf(AlbertConfig.from_hf_dict(model.config.to_dict()), params_from_hf(
-        AlbertConfig.from_hf_dict(model.config.to_dict()), "AlbertForMaskedLM", model.state_dict()))
+    state = params_to_hf(
+        AlbertConfig.from_hf_dict(model.config.to_dict()),
+        params_from_hf(
+            AlbertConfig.from_hf_dict(model.config.to_dict()), "AlbertForMaskedLM", model.state_dict()
+        ),
+    )
     keys = sorted(state)
     shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
     for name, shard_keys in shards.items():

@@ -22,16 +22,33 @@ COMMON = dict(vocab_size=101, max_position_embeddings=24, type_vocab_size=2, cla
 # Between them: two groups × two inner layers, E≠H and E=H, gelu / relu / gelu_new, v1-style dropout.
 PARITY_CONFIGS = {
     "groups2-inner2-gelu_new": dict(
-        embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2,
-        num_attention_heads=4, intermediate_size=37, hidden_act="gelu_new",
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_hidden_groups=2,
+        inner_group_num=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="gelu_new",
     ),
     "relu-E=H": dict(
-        embedding_size=32, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=48, hidden_act="relu",
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        hidden_act="relu",
     ),
     "gelu-groups2-dropout": dict(
-        embedding_size=16, hidden_size=48, num_hidden_layers=2, num_hidden_groups=2, num_attention_heads=6,
-        intermediate_size=40, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        embedding_size=16,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_hidden_groups=2,
+        num_attention_heads=6,
+        intermediate_size=40,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
     ),
 }
 HEAD_CASES = [  # (class name, num_labels); all on the first config, the first two on every config
@@ -45,8 +62,13 @@ HEAD_CASES = [  # (class name, num_labels); all on the first config, the first t
     ("AlbertForQuestionAnswering", 2),
 ]
 TINY = dict(
-    vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-    intermediate_size=48, max_position_embeddings=32,
+    vocab_size=64,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
 )
 
 
@@ -102,10 +124,12 @@ def abstract_params(module: nn.Module):
 def init(module: nn.Module, seed: int = 0):
     """Random params with init's shapes, drawn in numpy: a real init compiles the model (seconds each)."""
     rng = np.random.default_rng(seed)
-    return traverse_util.unflatten_dict({
-        path: jnp.asarray((path[-1] == "scale") + 0.1 * rng.standard_normal(s.shape), s.dtype)
-        for path, s in traverse_util.flatten_dict(abstract_params(module)).items()
-    })
+    return traverse_util.unflatten_dict(
+        {
+            path: jnp.asarray((path[-1] == "scale") + 0.1 * rng.standard_normal(s.shape), s.dtype)
+            for path, s in traverse_util.flatten_dict(abstract_params(module)).items()
+        }
+    )
 
 
 def apply(module, params, inputs, **kwargs):
@@ -135,8 +159,19 @@ def test_parity_with_transformers(config_name, head, num_labels):
     theirs = hf_forward(model, inputs, output_hidden_states=True, output_attentions=True)
 
     ours = apply(module, params, inputs, output_hidden_states=True, output_attentions=True)
-    outputs = [f for f in ("last_hidden_state", "pooler_output", "prediction_logits", "sop_logits", "logits",
-                           "start_logits", "end_logits") if hasattr(ours, f)]
+    outputs = [
+        f
+        for f in (
+            "last_hidden_state",
+            "pooler_output",
+            "prediction_logits",
+            "sop_logits",
+            "logits",
+            "start_logits",
+            "end_logits",
+        )
+        if hasattr(ours, f)
+    ]
     assert outputs
     for field in outputs:
         assert_close(getattr(ours, field), getattr(theirs, field), field)
@@ -277,7 +312,14 @@ def tiny_model():
         (dict(input_ids=np.ones((1, 33), np.int32)), "max_position_embeddings"),
     ],
     ids=[
-        "id-too-big", "id-negative", "rank-1", "rank-3", "mask-shape", "mask-rank", "token-type", "too-long"
+        "id-too-big",
+        "id-negative",
+        "rank-1",
+        "rank-3",
+        "mask-shape",
+        "mask-rank",
+        "token-type",
+        "too-long",
     ],
 )
 def test_bad_input_raises(tiny_model, inputs, match):

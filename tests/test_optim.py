@@ -57,7 +57,9 @@ def _init_params(seed: int = 0) -> dict:
 
 
 def _grads(rng: np.random.Generator, scale: float = 1.0) -> dict:
-    return {path: (scale * rng.normal(size=shape)).astype(np.float32) for path, (shape, _, _) in LEAVES.items()}
+    return {
+        path: (scale * rng.normal(size=shape)).astype(np.float32) for path, (shape, _, _) in LEAVES.items()
+    }
 
 
 # ---------------------------------------------------------------- references
@@ -117,7 +119,12 @@ def test_decay_mask_picks_leaves():
 
 @pytest.mark.parametrize("wrap", ["frozen", "partitioned"])
 def test_decay_mask_containers(wrap):
-    params = {"enc": {"LayerNorm_0": {"scale": jnp.ones(2)}, "dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}}
+    params = {
+        "enc": {
+            "LayerNorm_0": {"scale": jnp.ones(2)},
+            "dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+        }
+    }
     expected = {"enc": {"LayerNorm_0": {"scale": False}, "dense": {"kernel": True, "bias": False}}}
     if wrap == "frozen":
         mask = optim.decay_mask(FrozenDict(params))
@@ -217,7 +224,9 @@ def test_make_optimizer_lamb_with_clipping_and_schedule(accumulation_steps):
         ref_p, ref_m, ref_v = np_lamb_step(ref_p, clipped, ref_m, ref_v, albert_lr(step, peak, total, warmup))
         _assert_tree_close(params, ref_p, rtol=2e-6)
         np.testing.assert_allclose(
-            float(optim.current_learning_rate(sched, state)), albert_lr(step + 1, peak, total, warmup), rtol=1e-6
+            float(optim.current_learning_rate(sched, state)),
+            albert_lr(step + 1, peak, total, warmup),
+            rtol=1e-6,
         )
 
 

@@ -68,20 +68,18 @@ def cli_args(workdir, tmp_path, **overrides):
 
 
 def test_tiny_run_learns(tmp_path):
+    """The `tiny` preset's model, shortened: MLM loss falls well below its start, and held-out MLM
+    accuracy beats always predicting the most frequent target token."""
     workdir = str(tmp_path / "run")
-    config = small_config(
-        tmp_path,
-        total_steps=150,
-        warmup_steps=15,
-        learning_rate=5e-3,
-        log_every=10,
-        eval_every=0,
-        checkpoint_every=1000,
-    )
+    config = pretrain_configs.get_config("tiny")
+    config.total_steps, config.warmup_steps, config.log_every = 250, 25, 10
+    config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
+    config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
     final = pretrain.run(config, workdir)
     train = [m for m in read_metrics(workdir) if "loss" in m]
-    assert train[0]["step"] == 10 and train[-1]["step"] == 150
-    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 1.5, (train[0]["mlm_loss"], train[-1]["mlm_loss"])
+    assert train[0]["step"] == 10 and train[-1]["step"] == 250
+    start = np.log(config.model.vocab_size)  # uniform prediction
+    assert train[-1]["mlm_loss"] < start - 2.0, (start, train[-1]["mlm_loss"])
     assert final["mlm_accuracy"] > final["mlm_majority_accuracy"], final
     for key in (
         "loss",
@@ -95,11 +93,11 @@ def test_tiny_run_learns(tmp_path):
     ):
         assert key in train[-1]
     # Run files: resolved config, model config, vocabulary, TensorBoard events, a final checkpoint.
-    assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 150
-    assert AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size == 1000
+    assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 250
+    assert AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size == 5000
     assert os.path.exists(os.path.join(workdir, "spiece.model"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-    assert "150" in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert "250" in os.listdir(os.path.join(workdir, "checkpoints"))
 
     # Export: transformers loads it and agrees with our model on the same input.
     torch = pytest.importorskip("torch")
@@ -171,24 +169,26 @@ def test_sigterm_saves_and_rerun_continues(tmp_path):
     _wait_for_step(workdir, 3, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
-    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
-    assert len(saved) == 1 and 3 <= saved[0] < 400  # saved where it stopped, not on the interval
+    saved = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert 3 <= saved < 400  # saved where it stopped, not on the (1000-step) interval
     done = subprocess.run(
-        cli_args(workdir, tmp_path, **{**overrides, "total_steps": saved[0] + 2}),
+        cli_args(workdir, tmp_path, **{**overrides, "total_steps": saved + 2}),
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [m["step"] for m in read_metrics(workdir) if "loss" in m]
-    assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
+    assert steps[-2:] == [saved + 1, saved + 2]
 
 
 # --- train_step ------------------------------------------------------------------------------------
 
 
 def _state_and_batch(grad_accum_seed=0, batch_size=8, seq=32, vocab=97):
+    # No dropout anywhere (the SOP head's is on by default), so micro-batches see the same function.
     cfg = AlbertConfig(
+        classifier_dropout_prob=0.0,
         vocab_size=vocab,
         embedding_size=16,
         hidden_size=32,

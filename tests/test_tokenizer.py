@@ -25,7 +25,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
 MODEL = FIXTURES / "spiece.model"
 GOLDEN = json.loads((FIXTURES / "golden.json").read_text(encoding="utf-8"))
 KEYS = ("input_ids", "token_type_ids", "attention_mask")
-GOLDEN_TOKENS = {c["text"]: c["tokens"] for c in GOLDEN["cases"] if c["variant"] == "default" and "tokens" in c}
+GOLDEN_TOKENS = {
+    c["text"]: c["tokens"] for c in GOLDEN["cases"] if c["variant"] == "default" and "tokens" in c
+}
 
 
 def _group(case: dict) -> str:
@@ -48,8 +50,13 @@ def tok(tokenizers) -> AlbertTokenizer:
 
 
 def _call(tok: AlbertTokenizer, case: dict, **kwargs) -> dict:
-    return tok(case["text"], case.get("text_pair"), max_length=case.get("max_length"),
-               truncation="max_length" in case, **kwargs)
+    return tok(
+        case["text"],
+        case.get("text_pair"),
+        max_length=case.get("max_length"),
+        truncation="max_length" in case,
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------------------ golden
@@ -60,8 +67,14 @@ def test_golden_covers_the_issue():
     for needle in ("é", "``", "''", "1,000,000", "(", "日本", "😀", "\t", "\n", "[MASK]"):
         assert needle in texts
     assert any(c["text"] == "" for c in GOLDEN["cases"])
-    assert set(CASE_GROUPS) >= {"default-single-full", "default-pair-full", "default-single-truncated",
-                                "default-pair-truncated", "keep_accents-single-full", "cased-single-full"}
+    assert set(CASE_GROUPS) >= {
+        "default-single-full",
+        "default-pair-full",
+        "default-single-truncated",
+        "default-pair-truncated",
+        "keep_accents-single-full",
+        "cased-single-full",
+    }
     assert any(c["input_ids"][-1] != 3 or len(c["input_ids"]) == c.get("max_length") for c in GOLDEN["cases"])
 
 
@@ -89,11 +102,22 @@ def test_offsets_path_gives_the_same_ids(tokenizers, group):
 @pytest.mark.parametrize("index", range(len(GOLDEN["batches"])))
 def test_golden_batches(tok, index):
     batch = GOLDEN["batches"][index]
-    enc = tok(batch["text"], batch["text_pair"], padding=batch["padding"], max_length=batch["max_length"],
-              truncation=batch["truncation"])
+    enc = tok(
+        batch["text"],
+        batch["text_pair"],
+        padding=batch["padding"],
+        max_length=batch["max_length"],
+        truncation=batch["truncation"],
+    )
     assert {k: enc[k] for k in KEYS} == {k: batch[k] for k in KEYS}
-    arrays = tok(batch["text"], batch["text_pair"], padding=batch["padding"], max_length=batch["max_length"],
-                 truncation=batch["truncation"], return_tensors="np")
+    arrays = tok(
+        batch["text"],
+        batch["text_pair"],
+        padding=batch["padding"],
+        max_length=batch["max_length"],
+        truncation=batch["truncation"],
+        return_tensors="np",
+    )
     for key in KEYS:
         np.testing.assert_array_equal(arrays[key], np.array(batch[key]))
         assert arrays[key].dtype == np.int32
@@ -109,7 +133,9 @@ def test_golden_decode(tok):
 @pytest.mark.parametrize("variant", sorted(GOLDEN["variants"]))
 def test_encode_batch_equals_encode(tokenizers, variant):
     tok = tokenizers[variant]
-    texts = [c["text"] for c in GOLDEN["cases"]] + [c["text_pair"] for c in GOLDEN["cases"] if "text_pair" in c]
+    texts = [c["text"] for c in GOLDEN["cases"]] + [
+        c["text_pair"] for c in GOLDEN["cases"] if "text_pair" in c
+    ]
     batched = tok.encode_batch(texts)
     assert batched == [tok.encode(t) for t in texts]
     assert tok.encode_batch(texts, num_threads=1) == batched
@@ -137,7 +163,13 @@ def test_piece_path_equals_id_path(tok):
 
 
 def test_special_ids_and_sizes(tok):
-    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     assert {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS} == GOLDEN["special_ids"]
     assert tok.vocab_size == len(tok) == GOLDEN["vocab_size"]
     assert tok.convert_ids_to_tokens([0, 1, 2, 3, 4]) == list(SPECIAL_TOKENS)
@@ -165,8 +197,14 @@ def test_empty_strings(tok):
 def test_call_shapes_and_padding(tok):
     single = tok("A short one.", return_tensors="np")
     assert single["input_ids"].shape == (1, len(tok("A short one.")["input_ids"]))
-    enc = tok(["one", "a longer sentence here"], padding="max_length", max_length=12, truncation=True,
-              return_offsets_mapping=True, return_tensors="np")
+    enc = tok(
+        ["one", "a longer sentence here"],
+        padding="max_length",
+        max_length=12,
+        truncation=True,
+        return_offsets_mapping=True,
+        return_tensors="np",
+    )
     assert enc["input_ids"].shape == (2, 12) and enc["offset_mapping"].shape == (2, 12, 2)
     n_one = len(tok("one")["input_ids"])
     assert enc["attention_mask"][0].tolist() == [1] * n_one + [0] * (12 - n_one)
@@ -218,7 +256,9 @@ def test_offsets_spell_the_tokens(tokenizers, variant):
     """With keep_accents=True SentencePiece's own NFKC may spread one character over pieces
     with empty spans, so that variant is only checked for shape in the golden tests."""
     tok = tokenizers[variant]
-    texts = {c["text"] for c in GOLDEN["cases"]} | {c["text_pair"] for c in GOLDEN["cases"] if "text_pair" in c}
+    texts = {c["text"] for c in GOLDEN["cases"]} | {
+        c["text_pair"] for c in GOLDEN["cases"] if "text_pair" in c
+    }
     for text in sorted(texts):
         enc = tok(text, return_offsets_mapping=True)
         assert enc["offset_mapping"][0] == enc["offset_mapping"][-1] == (0, 0)
@@ -228,7 +268,11 @@ def test_offsets_spell_the_tokens(tokenizers, variant):
 def test_offsets_for_pairs_point_into_each_text(tok):
     question, context = "Who paid €10?", "Long ago, ``Hänsel'' paid\t€10 (ten euros) to the Witch."
     enc = tok(question, context, return_offsets_mapping=True, max_length=30, truncation=True)
-    types, offsets, pieces = enc["token_type_ids"], enc["offset_mapping"], tok.convert_ids_to_tokens(enc["input_ids"])
+    types, offsets, pieces = (
+        enc["token_type_ids"],
+        enc["offset_mapping"],
+        tok.convert_ids_to_tokens(enc["input_ids"]),
+    )
     assert len(offsets) == len(enc["input_ids"]) == 30
     for piece, t, (s, e) in zip(pieces, types, offsets):
         source = question if t == 0 else context
@@ -238,7 +282,10 @@ def test_offsets_for_pairs_point_into_each_text(tok):
     word = [(p, s) for p, t, (s, e) in zip(pieces, types, offsets) if t == 1 and start <= s < e <= start + 6]
     assert word[0][1] == start and "".join(p for p, _ in word).replace("▁", "") == "hansel"
     euro = context.index("€")
-    assert any(t == 1 and (s, e) == (euro, euro + 1) and p.endswith("€") for p, t, (s, e) in zip(pieces, types, offsets))
+    assert any(
+        t == 1 and (s, e) == (euro, euro + 1) and p.endswith("€")
+        for p, t, (s, e) in zip(pieces, types, offsets)
+    )
 
 
 def test_offsets_through_expanding_lowercase():
@@ -290,8 +337,22 @@ def test_train_from_files_and_cli(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TRAINING_TEXT * 2), encoding="utf-8")
     path = train_tokenizer([corpus], tmp_path / "a", vocab_size=300, num_threads=1)
-    assert main(["train", "--input", str(corpus), "--vocab-size", "300", "--output", str(tmp_path / "b"),
-                 "--num-threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--input",
+                str(corpus),
+                "--vocab-size",
+                "300",
+                "--output",
+                str(tmp_path / "b"),
+                "--num-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(tmp_path / "b.model")
     assert AlbertTokenizer(path).vocab_size == AlbertTokenizer(tmp_path / "b.model").vocab_size == 300
     assert main(["encode", "--model", str(MODEL), "Hello (world)"]) == 0
@@ -301,9 +362,21 @@ def test_train_from_files_and_cli(tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "albert_jax.tokenizer", "train", "--input", str(tmp_path / "missing.txt"),
-         "--vocab-size", "100", "--output", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "albert_jax.tokenizer",
+            "train",
+            "--input",
+            str(tmp_path / "missing.txt"),
+            "--vocab-size",
+            "100",
+            "--output",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "error: training file not found" in result.stderr and "Traceback" not in result.stderr
@@ -337,8 +410,13 @@ def test_not_a_sentencepiece_model(tmp_path):
 def test_vocab_without_albert_specials(tmp_path):
     import sentencepiece as spm
 
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(TRAINING_TEXT), model_prefix=str(tmp_path / "plain"),
-                                   vocab_size=200, minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT),
+        model_prefix=str(tmp_path / "plain"),
+        vocab_size=200,
+        minloglevel=2,
+        num_threads=1,
+    )
     with pytest.raises(ValueError, match="no '<pad>' piece"):
         AlbertTokenizer(tmp_path / "plain.model")
 
@@ -381,5 +459,17 @@ def test_bad_training_input(tmp_path):
         train_tokenizer(iter(["fine", 3]), tmp_path / "x", vocab_size=100, num_threads=1)
     with pytest.raises(ValueError, match="no training text"):
         train_tokenizer(["", "  "], tmp_path / "x", vocab_size=100, num_threads=1)
-    assert main(["train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "10", "--output",
-                 str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--input",
+                str(tmp_path / "missing.txt"),
+                "--vocab-size",
+                "10",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
