@@ -1,7 +1,7 @@
 """ALBERT pretraining (MLM + sentence-order prediction) with LAMB.
 
   python pretrain.py --config=configs/pretrain.py:tiny --workdir=runs/tiny
-  python pretrain.py --config=configs/pretrain.py:base --workdir=gs://bucket/albert-base \
+  python pretrain.py --config=configs/pretrain.py:base --workdir=/mnt/ckpt/albert-base \
       --config.data.dataset=wikipedia --config.data.dataset_config=20231101.en \
       --config.data.tokenizer=/path/to/spiece.model --config.mesh.fsdp=8
 

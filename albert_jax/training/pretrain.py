@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -196,16 +197,21 @@ def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir:
     own = os.path.join(workdir, "spiece.model")
     if os.path.exists(own):
         return AlbertTokenizer(own)
-    sentences = (s for doc in iter_documents(spec) for s in doc)
-    first = next(sentences, None)  # Raises CorpusError for a missing/empty corpus before WORKDIR is written.
-    if first is None:
-        raise ValueError(f"the corpus {spec.describe()} has no sentences")
-    os.makedirs(workdir, exist_ok=True)
-    log.info("training a %d-piece vocabulary on %s", model_config.vocab_size, spec.describe())
-    model_file = train_tokenizer(
-        _chain(first, sentences), os.path.join(workdir, "spiece"), vocab_size=model_config.vocab_size
-    )
-    return AlbertTokenizer(model_file)
+    if jax.process_index() == 0:
+        sentences = (s for doc in iter_documents(spec) for s in doc)
+        first = next(
+            sentences, None
+        )  # Raises CorpusError for a missing/empty corpus before WORKDIR is written.
+        if first is None:
+            raise ValueError(f"the corpus {spec.describe()} has no sentences")
+        os.makedirs(workdir, exist_ok=True)
+        log.info("training a %d-piece vocabulary on %s", model_config.vocab_size, spec.describe())
+        train_tokenizer(
+            _chain(first, sentences), os.path.join(workdir, "spiece"), vocab_size=model_config.vocab_size
+        )
+    if jax.process_count() > 1:  # the other hosts read what process 0 wrote (WORKDIR is shared)
+        multihost_utils.sync_global_devices("albert_jax: vocabulary trained")
+    return AlbertTokenizer(own)
 
 
 def _chain(first, rest):
