@@ -339,7 +339,8 @@ def check_inputs(
     for name, (array, limit, field) in limits.items():
         if array is None or isinstance(array, jax.core.Tracer) or np.size(array) == 0:
             continue
-        lo, hi = int(np.min(array)), int(np.max(array))
+        array = np.asarray(array)  # on the host: jnp reductions inside a jit trace would be staged out
+        lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi >= limit:
             raise ValueError(f"{name} must be in [0, {limit}) ({field}), got values in [{lo}, {hi}]")
 

@@ -257,6 +257,44 @@ def test_scan_and_unrolled_agree():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "policy,scan", [("full", True), ("dots", True), ("dots_with_no_batch_dims", True), ("full", False)]
+)
+def test_remat_changes_nothing_but_memory(policy, scan):
+    config = AlbertConfig(**TINY, num_hidden_groups=2, scan_layers=scan)
+    plain = modeling.AlbertForPreTraining(config)
+    remat = modeling.AlbertForPreTraining(config.replace(remat_policy=policy))
+    params = init(plain, 3)
+    inputs = {k: jnp.asarray(v) for k, v in batch(config, (2, 10)).items()}
+
+    def loss(module):
+        return jax.jit(
+            jax.value_and_grad(
+                lambda p: jnp.sum(module.apply({"params": p}, **inputs).prediction_logits ** 2)
+            )
+        )
+
+    (la, ga), (lb, gb) = loss(plain)(params), loss(remat)(params)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_compute_tracks_float32():
+    config = AlbertConfig(**TINY)
+    fp32 = modeling.AlbertForSequenceClassification(config)
+    bf16 = modeling.AlbertForSequenceClassification(config.replace(dtype="bfloat16"))
+    params = init(fp32, 4)
+    inputs = batch(config, (2, 10))
+    a = apply(fp32, params, inputs, output_hidden_states=True)
+    b = apply(bf16, params, inputs, output_hidden_states=True)
+    assert b.hidden_states[-1].dtype == jnp.bfloat16 and b.logits.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), atol=5e-2)
+    np.testing.assert_allclose(
+        np.asarray(b.hidden_states[-1], np.float32), np.asarray(a.hidden_states[-1]), atol=0.15
+    )
+
+
 def test_jit_and_eager_agree():
     config = AlbertConfig(**TINY, num_hidden_groups=2)
     module = modeling.AlbertForSequenceClassification(config)
