@@ -303,6 +303,8 @@ def _bad_input_cases(tmp):
         "vocab size mismatch": (["--config.model.vocab_size=1234"], "vocab_size"),
         "unknown config key": (["--config.data.no_such_key=1"], "no_such_key"),
         "inconsistent model": (["--config.model.num_attention_heads=5"], "num_attention_heads"),
+        "impossible mesh": (["--config.mesh.data=3"], "needs 3 devices"),
+        "indivisible accumulation": (["--config.grad_accum_steps=3"], "grad_accum_steps=3"),
     }
 
 
@@ -316,6 +318,8 @@ def _bad_input_cases(tmp):
         "vocab size mismatch",
         "unknown config key",
         "inconsistent model",
+        "impossible mesh",
+        "indivisible accumulation",
     ],
 )
 def test_bad_input_is_one_clear_line_and_destroys_nothing(existing_run, case):

@@ -222,11 +222,8 @@ def _chain(first, rest):
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Pretrain (or resume) into `workdir`; returns the final held-out metrics."""
     setup = resolve(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        _write_run_files(config, setup, workdir)
-
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    _check_batch_sizes(config, mesh)
     rules = sharding_lib.rules_from_config(config.logical_axis_rules)
     model = AlbertForPreTraining(setup.model_config)
     tx, schedule = optim.make_optimizer(
@@ -239,6 +236,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     # Skip (and count) steps whose gradients are not finite; the loop decides when to give up.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+    # Everything is validated: only now is WORKDIR written.
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        _write_run_files(config, setup, workdir)
     state, state_sharding = trainer.create_train_state(
         lambda rng: init_params(model, rng, config.seq_len), model.apply, tx, mesh, rules, config.seed
     )
@@ -331,6 +332,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if final_eval and jax.process_index() == 0:
         _print_summary(final_eval, model, state.params, setup)
     return final_eval
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
+    """Each (micro-)batch must split evenly over the data-parallel devices and the processes."""
+    replicas = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if size % replicas or size % jax.process_count():
+            raise ValueError(
+                f"{name}={size} must be divisible by the {replicas} data-parallel devices (mesh.data x mesh.fsdp) "
+                f"and the {jax.process_count()} processes"
+            )
+    if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * replicas):
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by grad_accum_steps={config.grad_accum_steps} "
+            f"x {replicas} data-parallel devices"
+        )
 
 
 def _report(pending, sink: trainer.MetricsSink, bar, config) -> None:
