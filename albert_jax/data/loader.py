@@ -5,13 +5,14 @@ just a position)::
 
     range(num_chunks) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
       -> map_with_index(make_example with rng = default_rng([seed, epoch, chunk]))
-      -> [process_index::process_count] -> batch(global_batch // process_count)
+      -> batch(global_batch // process_count) -> [process_index::process_count]
       -> to_iter_dataset(read_threads) (-> mp_prefetch when worker_count > 0)
 
 An example depends only on (seed, epoch, chunk index), or on (seed, chunk index) with static
 masking, so the data do not depend on the process count, the worker count or where training
 resumed. Global batch ``b`` is elements ``[b * G, (b + 1) * G)`` of the repeated, shuffled
-sequence, and process ``p`` holds its elements ``p, p + P, ...``.
+sequence, and process ``p`` holds its contiguous block ``[b * G + p * G / P, b * G + (p + 1) * G / P)``,
+so the assembled global array is the same for any number of hosts.
 
 Checkpointing: the iterator supports ``get_state()`` / ``set_state()``; with orbax use
 ``grain.checkpoint.CheckpointSave(iterator)`` / ``grain.checkpoint.CheckpointRestore(iterator)``
@@ -126,8 +127,10 @@ def pretraining_dataset(
     ds = ds.map_with_index(ExampleFn(corpus, chunks, cfg, seed))
     if len(ds) < 2**62:  # finite: keep whole global batches so every process has as many
         ds = ds[: len(ds) - len(ds) % global_batch_size]
-    ds = ds[process_index::process_count]
+    # Batch first, then take every process_count-th batch: process p holds the contiguous block p of
+    # each global batch, so the global array has the same row order whatever the number of hosts.
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count]
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=8))
     if worker_count > 0:
         # grain's worker processes read absl flags, which programs without absl.app never parse.
