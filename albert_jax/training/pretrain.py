@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -154,6 +155,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     Raises a ValueError/OSError subclass with a one-line message on any user mistake, before anything
     in WORKDIR is touched (except a vocabulary trained into WORKDIR when none is given).
     """
+    if "://" in workdir:
+        raise ValueError(
+            f"WORKDIR must be a filesystem path, got {workdir!r}; mount the bucket (e.g. with gcsfuse) and pass the "
+            "mount point"
+        )
     model_config = model_config_from(config)
     d = config.data
     data_config = PretrainDataConfig(
@@ -207,16 +213,13 @@ def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir:
         os.makedirs(workdir, exist_ok=True)
         log.info("training a %d-piece vocabulary on %s", model_config.vocab_size, spec.describe())
         train_tokenizer(
-            _chain(first, sentences), os.path.join(workdir, "spiece"), vocab_size=model_config.vocab_size
+            itertools.chain([first], sentences),
+            os.path.join(workdir, "spiece"),
+            vocab_size=model_config.vocab_size,
         )
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote (WORKDIR is shared)
         multihost_utils.sync_global_devices("albert_jax: vocabulary trained")
     return AlbertTokenizer(own)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -296,13 +299,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 dynamic_ncols=True,
             )
             pending = None
-            step = start
+            step = last_saved = start
             while step < config.total_steps:
                 state, metrics = step_fn(state, batch)
                 step += 1
                 throughput.tick()
                 # Save before fetching the next batch: the iterator state must be the one after `step` batches.
-                ckpt.save(step, state, train_it)
+                if ckpt.save(step, state, train_it):
+                    last_saved = step
                 batch = next_batch() if step < config.total_steps else None
                 # The host reads step t's metrics only after step t+1 is dispatched: the device never waits.
                 if pending is not None:
@@ -314,14 +318,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     )
                 if preempt.requested:
                     log.warning("preemption signal: saving step %d and exiting", step)
-                    ckpt.save(step, state, train_it, force=True)
+                    if last_saved != step:
+                        ckpt.save(step, state, train_it, force=True)
                     break
                 bar.update(1)
             if pending is not None:
                 _report(pending, sink, bar, config)
             bar.close()
             if not preempt.requested:
-                if step not in ckpt.all_steps():
+                if last_saved != step:
                     ckpt.save(step, state, train_it, force=True)
                 final_eval = evaluate(eval_fn, state.params, setup, config, data_sharding)
                 sink.write(step, final_eval, prefix="eval_")
