@@ -68,19 +68,21 @@ def cli_args(workdir, tmp_path, **overrides):
 
 
 def test_tiny_run_learns(tmp_path):
-    """The `tiny` preset's model, shortened: MLM loss falls well below its start, and held-out MLM
-    accuracy beats always predicting the most frequent target token."""
+    """The `tiny` preset's model at seq 64 for 500 steps (~1.5 min): MLM loss falls well below its start,
+    and held-out MLM accuracy clearly beats always predicting the most frequent target token (a model
+    stuck at unigram statistics scores exactly that baseline)."""
     workdir = str(tmp_path / "run")
     config = pretrain_configs.get_config("tiny")
-    config.total_steps, config.warmup_steps, config.log_every = 250, 25, 10
+    config.seq_len, config.data.max_predictions_per_seq = 64, 10
+    config.total_steps, config.warmup_steps, config.log_every = 500, 50, 10
     config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
     config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
     final = pretrain.run(config, workdir)
     train = [m for m in read_metrics(workdir) if "loss" in m]
-    assert train[0]["step"] == 10 and train[-1]["step"] == 250
+    assert train[0]["step"] == 10 and train[-1]["step"] == 500
     start = np.log(config.model.vocab_size)  # uniform prediction
     assert train[-1]["mlm_loss"] < start - 2.0, (start, train[-1]["mlm_loss"])
-    assert final["mlm_accuracy"] > final["mlm_majority_accuracy"], final
+    assert final["mlm_accuracy"] > 1.25 * final["mlm_majority_accuracy"], final
     for key in (
         "loss",
         "mlm_loss",
@@ -93,11 +95,11 @@ def test_tiny_run_learns(tmp_path):
     ):
         assert key in train[-1]
     # Run files: resolved config, model config, vocabulary, TensorBoard events, a final checkpoint.
-    assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 250
+    assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 500
     assert AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size == 5000
     assert os.path.exists(os.path.join(workdir, "spiece.model"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-    assert "250" in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert "500" in os.listdir(os.path.join(workdir, "checkpoints"))
 
     # Export: transformers loads it and agrees with our model on the same input.
     torch = pytest.importorskip("torch")

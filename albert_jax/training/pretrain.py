@@ -175,15 +175,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
         raise ValueError(
             f"seq_len={config.seq_len} exceeds model.max_position_embeddings={model_config.max_position_embeddings}"
         )
-    spec = CorpusSpec(
-        files=d.files,
-        format=d.format,
-        dataset=d.dataset,
-        dataset_config=d.dataset_config,
-        split=d.split,
-        text_column=d.text_column,
-        tfds=d.tfds,
-    )
+    spec = CorpusSpec(**{f.name: d[f.name] for f in dataclasses.fields(CorpusSpec)})  # same names in `data`
     tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise ValueError(
