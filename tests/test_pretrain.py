@@ -247,17 +247,29 @@ def test_nonfinite_step_is_skipped_and_counted():
     assert np.isfinite(metrics["loss"])
 
 
-def test_too_many_nonfinite_steps_stop_with_clear_error():
-    config = pretrain_configs.get_config("tiny")
-    config.max_consecutive_nonfinite = 3
-    metrics = {"nonfinite_streak": np.int32(3), "loss": np.float32(np.nan)}
-    with pytest.raises(trainer.TrainingError, match="3 consecutive steps had non-finite gradients"):
-        pretrain._report(
-            (7, metrics, trainer.Throughput(), 1, None),
-            trainer.MetricsSink.__new__(trainer.MetricsSink),
-            None,
-            config,
-        )
+def test_diverging_run_stops_with_one_line_and_keeps_checkpoints(tmp_path):
+    """lr=1e30 blows the parameters up after one update; every later step is non-finite and skipped."""
+    workdir = str(tmp_path / "run")
+    args = cli_args(
+        workdir,
+        tmp_path,
+        learning_rate=1e30,
+        warmup_steps=0,
+        total_steps=20,
+        log_every=1,
+        eval_every=0,
+        checkpoint_every=2,
+        max_consecutive_nonfinite=3,
+    )
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "error: 3 consecutive steps had non-finite gradients" in proc.stderr
+    metrics = read_metrics(workdir)
+    assert np.isfinite(metrics[0]["loss"]) and not np.isfinite(metrics[-1]["loss"])
+    assert metrics[-1]["nonfinite_total"] == 3
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert saved and max(saved) <= 3  # nothing saved once the streak was seen
 
 
 def test_dropout_key_depends_on_step_only():

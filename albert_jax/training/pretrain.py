@@ -292,18 +292,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             )
             pending = None
             step = last_saved = start
+            streak = 0  # non-finite steps in a row, as of the last metrics read
             while step < config.total_steps:
                 state, metrics = step_fn(state, batch)
                 step += 1
                 throughput.tick()
-                # Save before fetching the next batch: the iterator state must be the one after `step` batches.
-                if ckpt.save(step, state, train_it):
+                # The host reads step t-1's metrics only once step t is dispatched: the device never waits.
+                if pending is not None:
+                    streak = _report(pending, sink, bar, config)
+                pending = (step, metrics, throughput, tokens_per_step, flops)
+                # During a non-finite streak, keep the older checkpoints rather than rotating them out. Save
+                # before fetching the next batch: the iterator state must be the one after `step` batches.
+                if streak == 0 and ckpt.save(step, state, train_it):
                     last_saved = step
                 batch = next_batch() if step < config.total_steps else None
-                # The host reads step t's metrics only after step t+1 is dispatched: the device never waits.
-                if pending is not None:
-                    _report(pending, sink, bar, config)
-                pending = (step, metrics, throughput, tokens_per_step, flops)
                 if config.eval_every and step % config.eval_every == 0:
                     sink.write(
                         step, evaluate(eval_fn, state.params, setup, config, data_sharding), prefix="eval_"
@@ -347,10 +349,16 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
         )
 
 
-def _report(pending, sink: trainer.MetricsSink, bar, config) -> None:
+def _report(pending, sink: trainer.MetricsSink, bar, config) -> int:
+    """Logs one step's metrics (every `log_every`); returns its non-finite streak, raising past the limit."""
     step, metrics, throughput, tokens_per_step, flops = pending
     metrics = jax.device_get(metrics)
     streak = int(metrics["nonfinite_streak"])
+    if step % config.log_every == 0 or step == config.total_steps or streak:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics.update(throughput.rates(tokens_per_step, flops))
+        sink.write(step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
     if streak:
         log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
     if streak >= config.max_consecutive_nonfinite:
@@ -358,11 +366,7 @@ def _report(pending, sink: trainer.MetricsSink, bar, config) -> None:
             f"{streak} consecutive steps had non-finite gradients (last at step {step}); stopping. "
             f"The checkpoints in the workdir hold the last good state; lower learning_rate or check the data."
         )
-    if step % config.log_every == 0 or step == config.total_steps:
-        metrics = {k: float(v) for k, v in metrics.items()}
-        metrics.update(throughput.rates(tokens_per_step, flops))
-        sink.write(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+    return streak
 
 
 def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> dict[str, float]:

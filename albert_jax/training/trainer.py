@@ -7,6 +7,7 @@ this module owns what is the same for all of them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -99,7 +100,7 @@ class MetricsSink:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)):
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
