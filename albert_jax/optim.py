@@ -151,9 +151,7 @@ def scale_by_albert_adam(
             updates,
             state.mu,
         )
-        nu = jax.tree.map(
-            lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype)), updates, state.nu
-        )
+        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype)), updates, state.nu)
         new_updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
         mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
         count = optax.safe_int32_increment(state.count)
@@ -248,9 +246,7 @@ def make_optimizer(
 def _schedule_count(opt_state: Any) -> jax.Array:
     counts = [
         s.count
-        for s in jax.tree.leaves(
-            opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
-        )
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
         if isinstance(s, optax.ScaleByScheduleState)
     ]
     if not counts:

@@ -49,7 +49,13 @@ ALBERT_USER_DEFINED_SYMBOLS = '(,),",-,.,–,£,€'
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 _LSTRIP_TOKENS = frozenset({MASK_TOKEN})  # tokens that eat the whitespace on their left
 _TRUNCATION = {True: True, "longest_first": True, False: False, "do_not_truncate": False}
-_PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+_PADDING = {
+    False: None,
+    "do_not_pad": None,
+    True: "longest",
+    "longest": "longest",
+    "max_length": "max_length",
+}
 
 
 @functools.cache
@@ -74,7 +80,9 @@ def _lower_per_char(text: str) -> str:
     return text.lower() if "Σ" not in text else "".join(c.lower() for c in text)
 
 
-def preprocess_text(text: str, *, remove_space: bool = True, lower: bool = True, keep_accents: bool = False) -> str:
+def preprocess_text(
+    text: str, *, remove_space: bool = True, lower: bool = True, keep_accents: bool = False
+) -> str:
     """ALBERT's ``preprocess_text``: collapse whitespace, normalise quotes, strip accents, lowercase."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -252,7 +260,11 @@ class AlbertTokenizer:
     def fingerprint(self) -> str:
         """A stable hex digest of the model bytes and the preprocessing flags (for data caches)."""
         h = hashlib.sha256(self._model_bytes)
-        flags = {"do_lower_case": self.do_lower_case, "remove_space": self.remove_space, "keep_accents": self.keep_accents}
+        flags = {
+            "do_lower_case": self.do_lower_case,
+            "remove_space": self.remove_space,
+            "keep_accents": self.keep_accents,
+        }
         h.update(json.dumps(flags, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -468,7 +480,9 @@ class AlbertTokenizer:
         if not self.keep_accents or self.do_lower_case:
             c2, s2, e2 = [], [], []
             for c, s, e in zip(chars, starts, ends):
-                out = c if self.keep_accents else _strip_accents(c)  # NFKD is per character once marks are gone
+                out = (
+                    c if self.keep_accents else _strip_accents(c)
+                )  # NFKD is per character once marks are gone
                 if self.do_lower_case:
                     out = out.lower()
                 c2.extend(out)
@@ -515,7 +529,9 @@ class AlbertTokenizer:
             enc = self._sp.encode(norm, out_type="offset_mapping")
             for i, piece, (b, e) in zip(enc["ids"], enc["pieces"], enc["offsets"]):
                 body = piece.lstrip(SPIECE_UNDERLINE)
-                while b < e and (norm[b].isspace() or self._dropped_by_spm(norm[b], body, b + 1 < e or not body)):
+                while b < e and (
+                    norm[b].isspace() or self._dropped_by_spm(norm[b], body, b + 1 < e or not body)
+                ):
                     b += 1  # the span starts at the piece's first kept character
                 if i in self._digit_comma and norm[b:e] == piece.replace(SPIECE_UNDERLINE, ""):
                     sub_ids, sub_offsets = self._digit_comma[i]
@@ -564,17 +580,25 @@ class AlbertTokenizer:
                 pairs = None
             else:
                 if isinstance(text_pair, str) or not isinstance(text_pair, Sequence):
-                    raise TypeError(f"text_pair must be a list of str when text is a list, got {type(text_pair).__name__}")
+                    raise TypeError(
+                        f"text_pair must be a list of str when text is a list, got {type(text_pair).__name__}"
+                    )
                 pairs = [_check_text(t, f"text_pair[{n}]") for n, t in enumerate(text_pair)]
                 if len(pairs) != len(texts):
-                    raise ValueError(f"text and text_pair have different lengths ({len(texts)} vs {len(pairs)})")
+                    raise ValueError(
+                        f"text and text_pair have different lengths ({len(texts)} vs {len(pairs)})"
+                    )
         else:
             texts = [text]
             pairs = None if text_pair is None else [_check_text(text_pair, "text_pair")]
         if truncation not in _TRUNCATION:
-            raise ValueError(f"truncation must be True, False, 'longest_first' or 'do_not_truncate', got {truncation!r}")
+            raise ValueError(
+                f"truncation must be True, False, 'longest_first' or 'do_not_truncate', got {truncation!r}"
+            )
         if padding not in _PADDING:
-            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+            raise ValueError(
+                f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
+            )
         if return_tensors not in (None, "np"):
             raise ValueError(f"return_tensors must be None or 'np', got {return_tensors!r}")
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
@@ -592,7 +616,7 @@ class AlbertTokenizer:
         else:
             all_ids = self.encode_batch(texts + (pairs or []))
             enc_a = [(ids, None) for ids in all_ids[: len(texts)]]
-            enc_b = None if pairs is None else [(ids, None) for ids in all_ids[len(texts):]]
+            enc_b = None if pairs is None else [(ids, None) for ids in all_ids[len(texts) :]]
 
         rows: dict[str, list] = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
         if return_offsets_mapping:
@@ -620,8 +644,15 @@ class AlbertTokenizer:
                 rows["offset_mapping"].append(offs)
 
         if pad is not None:
-            target = max_length if pad == "max_length" else max((len(r) for r in rows["input_ids"]), default=0)
-            fill = {"input_ids": self.pad_token_id, "token_type_ids": 0, "attention_mask": 0, "offset_mapping": (0, 0)}
+            target = (
+                max_length if pad == "max_length" else max((len(r) for r in rows["input_ids"]), default=0)
+            )
+            fill = {
+                "input_ids": self.pad_token_id,
+                "token_type_ids": 0,
+                "attention_mask": 0,
+                "offset_mapping": (0, 0),
+            }
             for key, values in rows.items():
                 for r in values:
                     r.extend([fill[key]] * (target - len(r)))
@@ -735,9 +766,13 @@ def _training_source(source: Any) -> tuple[Iterable[str] | list[Path], bool]:
     """Classify ``files_or_text_iterator``: ``(paths, True)`` or ``(sentences, False)``."""
     if isinstance(source, (str, os.PathLike)):
         paths = [Path(source)]
-    elif isinstance(source, (list, tuple)) and source and (
-        any(isinstance(p, os.PathLike) for p in source)
-        or all(isinstance(p, str) and _looks_like_file(p) for p in source)
+    elif (
+        isinstance(source, (list, tuple))
+        and source
+        and (
+            any(isinstance(p, os.PathLike) for p in source)
+            or all(isinstance(p, str) and _looks_like_file(p) for p in source)
+        )
     ):
         paths = [Path(p) for p in source]
     elif isinstance(source, Iterable) and not isinstance(source, (bytes, bytearray, dict)):
@@ -832,11 +867,17 @@ def train_tokenizer(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``train`` a vocabulary, or ``encode`` text with one."""
-    parser = argparse.ArgumentParser(prog="python -m albert_jax.tokenizer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m albert_jax.tokenizer", description=__doc__.split("\n\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train an ALBERT SentencePiece vocabulary")
-    train.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one sentence per line")
-    train.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab")
+    train.add_argument(
+        "--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one sentence per line"
+    )
+    train.add_argument(
+        "--output", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.vocab"
+    )
     train.add_argument("--vocab-size", type=int, default=30000)
     train.add_argument("--model-type", default="unigram", choices=("unigram", "bpe", "char", "word"))
     train.add_argument("--character-coverage", type=float, default=0.99995)
@@ -844,7 +885,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--num-threads", type=int, default=None)
     train.add_argument("--cased", action="store_true", help="do not lowercase")
     train.add_argument("--keep-accents", action="store_true", help="do not strip accents")
-    train.add_argument("--soft-vocab-limit", action="store_true", help="allow a smaller vocabulary than --vocab-size")
+    train.add_argument(
+        "--soft-vocab-limit", action="store_true", help="allow a smaller vocabulary than --vocab-size"
+    )
     encode = commands.add_parser("encode", help="print the pieces and ids of each line of text")
     encode.add_argument("--model", required=True, help="a .model file or a folder with spiece.model")
     encode.add_argument("text", nargs="*", help="text to encode (default: lines of stdin)")

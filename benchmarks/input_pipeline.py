@@ -81,12 +81,20 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     cfg = PretrainDataConfig(seq_len=args.seq_len, max_predictions=args.max_predictions)
     n_chunks = len(corpus.chunks(cfg, "train", seed=0))
-    print(f"corpus: {corpus.meta['source']} ({corpus.num_tokens} tokens, vocab {tok.vocab_size}), "
-          f"{n_chunks} train examples per epoch at seq {args.seq_len}; cache ready in {build_s:.2f}s")
+    print(
+        f"corpus: {corpus.meta['source']} ({corpus.num_tokens} tokens, vocab {tok.vocab_size}), "
+        f"{n_chunks} train examples per epoch at seq {args.seq_len}; cache ready in {build_s:.2f}s"
+    )
 
     ds = pretraining_dataset(
-        corpus, cfg, split="train", global_batch_size=args.batch, seed=0,
-        process_index=0, process_count=1, worker_count=args.workers,
+        corpus,
+        cfg,
+        split="train",
+        global_batch_size=args.batch,
+        seed=0,
+        process_index=0,
+        process_count=1,
+        worker_count=args.workers,
     )
     it = iter(ds)
     for _ in range(4):  # warm-up (and worker start-up)
@@ -104,11 +112,15 @@ def main() -> None:
     rate = n_batches * args.batch / elapsed
     need = tpu_v3_8_examples_per_s(args.seq_len)
     where = "one core" if args.workers == 0 else f"{args.workers} worker processes"
-    print(f"pipeline: {rate:,.0f} examples/s ({tokens / elapsed:,.0f} non-pad tokens/s) on {where}, "
-          f"batch {args.batch}, {n_batches * args.batch} examples in {elapsed:.2f}s")
-    print(f"ALBERT-base on TPU v3-8 consumes ~{need:,.0f} examples/s at seq {args.seq_len} "
-          f"(estimate: {TFLOP_PER_EXAMPLE_512 * args.seq_len / 512:.2f} TFLOP/example, "
-          f"{TPU_V3_8_PEAK_TFLOPS:.0f} TFLOP/s peak x {ASSUMED_MFU:.0%} utilisation)")
+    print(
+        f"pipeline: {rate:,.0f} examples/s ({tokens / elapsed:,.0f} non-pad tokens/s) on {where}, "
+        f"batch {args.batch}, {n_batches * args.batch} examples in {elapsed:.2f}s"
+    )
+    print(
+        f"ALBERT-base on TPU v3-8 consumes ~{need:,.0f} examples/s at seq {args.seq_len} "
+        f"(estimate: {TFLOP_PER_EXAMPLE_512 * args.seq_len / 512:.2f} TFLOP/example, "
+        f"{TPU_V3_8_PEAK_TFLOPS:.0f} TFLOP/s peak x {ASSUMED_MFU:.0%} utilisation)"
+    )
     print(f"ratio pipeline/TPU: {rate / need:.2f}x; cores needed to keep up: {need / rate:.2f}")
 
 

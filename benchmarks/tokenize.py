@@ -60,13 +60,23 @@ def best_time(fn, repeat: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--model", type=Path, default=None, help="a spiece .model (default: train one on the corpus)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a spiece .model (default: train one on the corpus)"
+    )
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size when training")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per tokenizer; the best is reported")
-    parser.add_argument("--copies", type=int, default=4, help="the corpus is repeated this many times per run")
-    parser.add_argument("--num-threads", type=int, default=-1, help="SentencePiece threads for ours (-1: all)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per tokenizer; the best is reported"
+    )
+    parser.add_argument(
+        "--copies", type=int, default=4, help="the corpus is repeated this many times per run"
+    )
+    parser.add_argument(
+        "--num-threads", type=int, default=-1, help="SentencePiece threads for ours (-1: all)"
+    )
     args = parser.parse_args()
     if not args.corpus.is_file():
         print(f"error: corpus not found: {args.corpus}", file=sys.stderr)
@@ -80,7 +90,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            model = Path(train_tokenizer(sentences, Path(tmp) / "bench", args.vocab_size, hard_vocab_limit=False))
+            model = Path(
+                train_tokenizer(sentences, Path(tmp) / "bench", args.vocab_size, hard_vocab_limit=False)
+            )
         ours = AlbertTokenizer(model)
         ours.save_pretrained(Path(tmp) / "hf")
         hf = HFAlbertTokenizer.from_pretrained(Path(tmp) / "hf")
@@ -90,7 +102,9 @@ def main() -> int:
         hf(sentences[:500])
 
         timings = {
-            "ours encode_batch": best_time(lambda: ours.encode_batch(batch, num_threads=args.num_threads), args.repeat),
+            "ours encode_batch": best_time(
+                lambda: ours.encode_batch(batch, num_threads=args.num_threads), args.repeat
+            ),
             "ours __call__": best_time(lambda: ours(batch), args.repeat),
             "transformers __call__": best_time(lambda: hf(batch), args.repeat),
         }
@@ -98,15 +112,19 @@ def main() -> int:
         hf_ids = hf(sentences)["input_ids"]
         differ = sum(a != b for a, b in zip(ours_ids, hf_ids))
 
-    print(f"corpus: {args.corpus} ({len(sentences)} sentences, x{args.copies} per run), vocab {ours.vocab_size}")
+    print(
+        f"corpus: {args.corpus} ({len(sentences)} sentences, x{args.copies} per run), vocab {ours.vocab_size}"
+    )
     print(f"cpus: {os.cpu_count()}, transformers {transformers.__version__}, best of {args.repeat}")
     for name, seconds in timings.items():
         print(f"{name:>24}: {len(batch) / seconds:12,.0f} sentences/s")
     hf_rate = len(batch) / timings["transformers __call__"]
     for name in ("ours encode_batch", "ours __call__"):
         print(f"ratio {name} / transformers: {len(batch) / timings[name] / hf_rate:.2f}x")
-    print(f"transformers v5 ids differ from the original ALBERT tokenization on {differ}/{len(sentences)} sentences "
-          f"({differ / len(sentences):.1%})")
+    print(
+        f"transformers v5 ids differ from the original ALBERT tokenization on {differ}/{len(sentences)} sentences "
+        f"({differ / len(sentences):.1%})"
+    )
     return 0
 
 

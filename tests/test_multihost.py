@@ -20,7 +20,9 @@ def test_two_processes_match_one(tmp_path):
     overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
     single = str(tmp_path / "single")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    subprocess.run(cli_args(single, tmp_path, **overrides), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        cli_args(single, tmp_path, **overrides), cwd=REPO, env=env, check=True, capture_output=True
+    )
 
     multi = str(tmp_path / "multi")
     port = _free_port()

@@ -623,5 +623,9 @@ class TokenizedCorpus:
             json.dump(meta, f, indent=1)
         log.info(
             "tokenized %s: %d documents, %d sentences, %d tokens in %.1fs",
-            spec.describe(), meta["num_documents"], meta["num_sentences"], num_tokens, time.time() - t0,
+            spec.describe(),
+            meta["num_documents"],
+            meta["num_sentences"],
+            num_tokens,
+            time.time() - t0,
         )

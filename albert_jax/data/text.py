@@ -124,7 +124,66 @@ class CorpusSpec:
 
 # Abbreviations after which a period never ends a sentence (titles, Latin shorthands).
 _NEVER_FINAL = frozenset(
-    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "rev", "hon", "gen", "col", "lt", "sgt", "capt", "cmdr", "gov", "sen", "rep", "messrs", "mme", "mlle", "e.g", "i.e", "cf", "viz", "vs", "al", "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "ca", "approx", "dept", "est", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"]
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "rev",
+        "hon",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "cmdr",
+        "gov",
+        "sen",
+        "rep",
+        "messrs",
+        "mme",
+        "mlle",
+        "e.g",
+        "i.e",
+        "cf",
+        "viz",
+        "vs",
+        "al",
+        "fig",
+        "figs",
+        "eq",
+        "eqs",
+        "no",
+        "nos",
+        "vol",
+        "vols",
+        "pp",
+        "ca",
+        "approx",
+        "dept",
+        "est",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+    ]
 )
 # Abbreviations that may end a sentence: a boundary only if the next word is capitalised.
 _MAYBE_FINAL = frozenset(["etc", "u.s", "u.k", "a.m", "p.m", "b.c", "a.d", "ph.d"])
@@ -198,9 +257,7 @@ def _read_lines(path: str) -> Iterator[str]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise CorpusError(
-                        f"{path}: not valid UTF-8 at byte offset {offset + e.start}"
-                    ) from None
+                    raise CorpusError(f"{path}: not valid UTF-8 at byte offset {offset + e.start}") from None
                 if offset == 0:
                     line = line.removeprefix("\ufeff")
                 offset += len(raw)
@@ -244,7 +301,9 @@ def _looks_like_lines_layout(path: str) -> bool:
     if not sample:
         return True
     single = sum(
-        1 for s in sample if len(split_sentences(s)) == 1 and s.rstrip("\"'”’»)]").endswith((".", "!", "?", "…"))
+        1
+        for s in sample
+        if len(split_sentences(s)) == 1 and s.rstrip("\"'”’»)]").endswith((".", "!", "?", "…"))
     )
     return single >= _LINE_LAYOUT_THRESHOLD * len(sample)
 
@@ -353,9 +412,7 @@ def _tfds_documents(spec: CorpusSpec) -> Iterator[list[str]]:
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     except ImportError:
-        raise ImportError(
-            "TFDS corpora need tensorflow_datasets: pip install 'albert_jax[tfds]'"
-        ) from None
+        raise ImportError("TFDS corpora need tensorflow_datasets: pip install 'albert_jax[tfds]'") from None
     try:
         source = tfds.data_source(spec.tfds, split=spec.split)
     except Exception as e:  # noqa: BLE001 -- TFDS raises many types for a missing dataset
@@ -383,8 +440,20 @@ def _embedded_documents() -> Iterator[list[str]]:
 
 
 # Standard-library folders whose docstrings are tests, demos or vendored code rather than prose.
-_STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo",
-                          "__pycache__", "ensurepip", "config-3"})
+_STDLIB_SKIP = frozenset(
+    {
+        "test",
+        "tests",
+        "idlelib",
+        "site-packages",
+        "dist-packages",
+        "lib2to3",
+        "turtledemo",
+        "__pycache__",
+        "ensurepip",
+        "config-3",
+    }
+)
 
 
 def _stdlib_docstring_documents() -> Iterator[list[str]]:
