@@ -118,7 +118,7 @@ def train_step(
     finite = new_state.opt_state  # optax.apply_if_finite's state
     metrics.update(
         grad_norm=optax.tree.norm(grads),
-        learning_rate=schedule(state.step),
+        learning_rate=optim.current_learning_rate(schedule, state.opt_state),  # the rate this update used
         nonfinite_streak=finite.notfinite_count,
         nonfinite_total=finite.total_notfinite,
     )
