@@ -19,6 +19,7 @@ from flax import traverse_util
 from albert_jax import from_pretrained, modeling, save_pretrained
 from albert_jax.config import AlbertConfig
 from albert_jax.hf import load_torch_bin, params_from_hf, params_to_hf
+from test_modeling import init as random_params  # random values on init's shapes, no compile
 
 ATOL = 1e-4
 # Two groups of two layers and E≠H, so every index in the key table is exercised.
@@ -52,21 +53,6 @@ OUTPUT_FIELDS = (
     "start_logits",
     "end_logits",
 )
-
-
-def random_params(module: nn.Module, seed: int = 0):
-    """Random values for every leaf (biases and LayerNorms too, so no transform hides behind a zero or a one).
-
-    Built with numpy on the abstract shapes: no compile, unlike init or per-shape jax.random calls.
-    """
-    shapes = jax.eval_shape(lambda: nn.unbox(modeling.init_params(module, jax.random.key(0))))
-    rng = np.random.default_rng(seed)
-    return traverse_util.unflatten_dict(
-        {
-            path: jnp.asarray((path[-1] == "scale") + 0.1 * rng.standard_normal(s.shape), s.dtype)
-            for path, s in traverse_util.flatten_dict(shapes).items()
-        }
-    )
 
 
 def hf_random(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
