@@ -1,9 +1,11 @@
-"""Export a pretraining run to a Hugging Face directory (config.json, model.safetensors, spiece.model).
+"""Export a run to a Hugging Face directory (config.json, model.safetensors, spiece.model).
 
-  python -m albert_jax.export WORKDIR OUT [--step N]
+  python -m albert_jax.export WORKDIR OUT [--step N | --best]
 
-transformers' `AlbertForPreTraining.from_pretrained(OUT)` and `albert_jax.from_pretrained(OUT, cls)`
-both load the result.
+The class is the run's own head (`AlbertForPreTraining` for pretraining, e.g.
+`AlbertForSequenceClassification` for GLUE). transformers' `<Class>.from_pretrained(OUT)` and
+`albert_jax.from_pretrained(OUT, cls)` both load the result. `--best` exports a fine-tuning run's
+best evaluated checkpoint.
 """
 
 from __future__ import annotations
@@ -13,35 +15,32 @@ import os
 import sys
 from typing import Sequence
 
+from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
-from albert_jax.config import AlbertConfig
 from albert_jax.hf import save_pretrained
-from albert_jax.modeling import AlbertForPreTraining
-from albert_jax.tokenizer import AlbertTokenizer
+from albert_jax.modeling import HEADS
 
 
-def export(workdir: str, out: str, step: int | None = None) -> str:
-    """Writes the run's latest (or `step`) checkpoint as an HF directory; returns `out`."""
-    config_path = os.path.join(workdir, "model_config.json")
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isfile(config_path) or not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(
-            f"{workdir} is not a pretraining workdir (no model_config.json and checkpoints/)"
-        )
-    config = AlbertConfig.from_json(config_path)
-    ckpt = Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
+def export(workdir: str, out: str, step: int | None = None, best: bool = False) -> str:
+    """Writes a run's latest (or `step`, or its best fine-tuning) checkpoint as an HF directory of the
+    run's own head class; returns `out`."""
+    if not workdir_lib.is_run(workdir):
+        raise FileNotFoundError(f"{workdir} is not a run's WORKDIR (no model_config.json and checkpoints/)")
+    config, head = workdir_lib.read_model_config(workdir)
+    if head not in HEADS:
+        raise ValueError(f"{workdir} trained a {head} head, which has no Hugging Face class to export to")
+    directory = workdir_lib.path(workdir, workdir_lib.BEST if best else workdir_lib.CHECKPOINTS)
+    ckpt = Checkpointer(directory, every=1, keep=1, async_save=False)
     try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
         if step is not None and step not in ckpt.all_steps():
-            raise ValueError(f"no checkpoint for step {step} in {ckpt_dir}; available: {ckpt.all_steps()}")
+            raise ValueError(f"no checkpoint for step {step} in {directory}; available: {ckpt.all_steps()}")
         params = ckpt.restore_params(step)
     finally:
         ckpt.close()
-    save_pretrained(out, AlbertForPreTraining(config), params)
-    tokenizer_dir = os.path.join(workdir, "tokenizer")
-    tokenizer = AlbertTokenizer.from_pretrained(
-        tokenizer_dir if os.path.isdir(tokenizer_dir) else os.path.join(workdir, "spiece.model")
-    )
-    tokenizer.save_pretrained(out)
+    save_pretrained(out, HEADS[head](config), params)
+    workdir_lib.tokenizer(workdir).save_pretrained(out)
     return out
 
 
@@ -50,9 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("workdir")
     parser.add_argument("out")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--best", action="store_true", help="the best evaluated checkpoint of a fine-tuning run")
     args = parser.parse_args(argv)
     try:
-        export(args.workdir, args.out, args.step)
+        export(args.workdir, args.out, args.step, args.best)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -69,6 +69,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.preset = size
     c.model = common.model_config(preset, **model)
     c.seed = 0
+    # Continued pretraining: an HF directory or a run's WORKDIR. Its shape and vocabulary replace
+    # `model` (except dtype/param_dtype/scan_layers/remat_policy) and `data.tokenizer`.
+    c.init_from = ""
     c.seq_len = s["seq_len"]
     c.batch_size = s["batch_size"]  # global, over all processes
     c.grad_accum_steps = 1  # split each batch into this many micro-batches (same result, less memory)

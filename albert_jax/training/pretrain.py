@@ -21,11 +21,10 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
-from albert_jax import optim
+from albert_jax import pretrained
 from albert_jax import sharding as sharding_lib
-from albert_jax.checkpoint import Checkpointer
+from albert_jax import workdir as workdir_lib
 from albert_jax.config import AlbertConfig
 from albert_jax.data.loader import make_global_batch, pretraining_dataset
 from albert_jax.data.pretraining import PretrainDataConfig, TokenizedCorpus
@@ -42,12 +41,12 @@ Batch = dict[str, jax.Array]
 
 
 def pretraining_loss(
-    params: Any, apply_fn, batch: Batch, rng: jax.Array, mlm_denominator, sop_denominator, deterministic: bool
+    params: Any, apply_fn, batch: Batch, rng: jax.Array, norm: dict[str, jax.Array], deterministic: bool = False
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MLM cross-entropy over masked positions (logits computed only there) plus SOP cross-entropy.
 
-    The denominators are passed in so that a batch split into micro-batches sums to exactly the loss
-    of the whole batch.
+    `norm` holds the denominators of the whole batch (`loss_norm`), so that a batch split into
+    micro-batches sums to exactly the loss of the whole batch.
     """
     out = apply_fn(
         {"params": params},
@@ -71,8 +70,16 @@ def pretraining_loss(
             jnp.float32
         ),
     }
-    loss = stats["mlm_loss_sum"] / mlm_denominator + stats["sop_loss_sum"] / sop_denominator
+    loss = stats["mlm_loss_sum"] / norm["mlm"] + stats["sop_loss_sum"] / norm["sop"]
     return loss, stats
+
+
+def loss_norm(batch: Batch) -> dict[str, jax.Array]:
+    """The whole batch's MLM and SOP denominators."""
+    return {
+        "mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
+        "sop": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32),
+    }
 
 
 def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -90,44 +97,16 @@ def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def train_step(
     state: trainer.TrainState, batch: Batch, *, seed: int, schedule: optax.Schedule, grad_accum_steps: int = 1
 ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
-    """One optimizer step on one global batch, optionally accumulated over micro-batches.
-
-    Dropout's key is derived from (seed, step): no RNG lives in the state, so resume is exact.
-    """
-    rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    mlm_den = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
-    sop_den = jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32)
-    grad_fn = jax.value_and_grad(pretraining_loss, has_aux=True)
-
-    def micro_step(grads, xs):
-        micro, i = xs
-        (_, stats), g = grad_fn(
-            state.params, state.apply_fn, micro, jax.random.fold_in(rng, i), mlm_den, sop_den, False
-        )
-        return jax.tree.map(jnp.add, grads, g), stats
-
-    if grad_accum_steps == 1:
-        (_, stats), grads = grad_fn(state.params, state.apply_fn, batch, rng, mlm_den, sop_den, False)
-    else:
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        micro = trainer.split_microbatches(batch, grad_accum_steps)
-        grads, stats = jax.lax.scan(micro_step, zeros, (micro, jnp.arange(grad_accum_steps)))
-        stats = jax.tree.map(jnp.sum, stats)
-    new_state = state.apply_gradients(grads=grads)
-    metrics = _summarise(stats)
-    finite = new_state.opt_state  # optax.apply_if_finite's state
-    metrics.update(
-        grad_norm=optax.tree.norm(grads),
-        learning_rate=optim.current_learning_rate(schedule, state.opt_state),  # the rate this update used
-        nonfinite_streak=finite.notfinite_count,
-        nonfinite_total=finite.total_notfinite,
+    """One MLM+SOP optimizer step on one global batch (the shared step with this module's loss)."""
+    step = trainer.make_train_step(
+        pretraining_loss, loss_norm, _summarise, seed=seed, schedule=schedule, grad_accum_steps=grad_accum_steps
     )
-    return new_state, metrics
+    return step(state, batch)
 
 
 def eval_step(params: Any, batch: Batch, *, apply_fn) -> dict[str, jax.Array]:
     """Summable statistics of one held-out batch (deterministic: no dropout)."""
-    _, stats = pretraining_loss(params, apply_fn, batch, jax.random.key(0), 1.0, 1.0, True)
+    _, stats = pretraining_loss(params, apply_fn, batch, jax.random.key(0), {"mlm": 1.0, "sop": 1.0}, True)
     return stats
 
 
@@ -143,10 +122,15 @@ class PretrainSetup:
     corpus_spec: CorpusSpec
     tokenizer: AlbertTokenizer
     corpus: TokenizedCorpus
+    init_params: Any = None  # host params from `init_from` (continued pretraining), else None
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> AlbertConfig:
     return AlbertConfig(**config.model.to_dict())
+
+
+# Settings of config.model that a continued run keeps from its config; the rest comes from init_from.
+_RUN_SIDE_MODEL_KEYS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
@@ -155,12 +139,18 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     Raises a ValueError/OSError subclass with a one-line message on any user mistake, before anything
     in WORKDIR is touched (except a vocabulary trained into WORKDIR when none is given).
     """
-    if "://" in workdir:
-        raise ValueError(
-            f"WORKDIR must be a filesystem path, got {workdir!r}; mount the bucket (e.g. with gcsfuse) and pass the "
-            "mount point"
-        )
+    workdir_lib.check_local(workdir)
     model_config = model_config_from(config)
+    init = None
+    if config.init_from:
+        if config.data.tokenizer:
+            raise ValueError(
+                "init_from brings its own vocabulary; leave data.tokenizer empty when continuing pretraining"
+            )
+        run_side = {k: getattr(model_config, k) for k in _RUN_SIDE_MODEL_KEYS}
+        model_config, init, loaded_tokenizer = pretrained.load(
+            config.init_from, "AlbertForPreTraining", seed=config.seed, **run_side
+        )
     d = config.data
     data_config = PretrainDataConfig(
         seq_len=config.seq_len,
@@ -176,7 +166,10 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
             f"seq_len={config.seq_len} exceeds model.max_position_embeddings={model_config.max_position_embeddings}"
         )
     spec = CorpusSpec(**{f.name: d[f.name] for f in dataclasses.fields(CorpusSpec)})  # same names in `data`
-    tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir)
+    if init is not None:
+        tokenizer = loaded_tokenizer
+    else:
+        tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise ValueError(
             f"the vocabulary {tokenizer.model_file} has {tokenizer.vocab_size} pieces but model.vocab_size is "
@@ -185,14 +178,14 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
         )
     cache_dir = d.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "albert_jax")
     corpus = TokenizedCorpus.build(spec, tokenizer, cache_dir)
-    return PretrainSetup(model_config, data_config, spec, tokenizer, corpus)
+    return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
 
 
 def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str) -> AlbertTokenizer:
     """The configured spiece.model; else the one this run trained earlier; else train one now."""
     if path:
         return AlbertTokenizer.from_pretrained(path)
-    own = os.path.join(workdir, "spiece.model")
+    own = workdir_lib.path(workdir, workdir_lib.VOCAB)
     if os.path.exists(own):
         return AlbertTokenizer(own)
     if jax.process_index() == 0:
@@ -206,7 +199,7 @@ def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir:
         log.info("training a %d-piece vocabulary on %s", model_config.vocab_size, spec.describe())
         train_tokenizer(
             itertools.chain([first], sentences),
-            os.path.join(workdir, "spiece"),
+            os.path.splitext(own)[0],
             vocab_size=model_config.vocab_size,
         )
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote (WORKDIR is shared)
@@ -216,27 +209,26 @@ def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Pretrain (or resume) into `workdir`; returns the final held-out metrics."""
-    setup = resolve(config, workdir)
+    # Cheap checks first: a bad mesh or batch size fails before any vocabulary or token cache is built.
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    _check_batch_sizes(config, mesh)
+    trainer.check_batch_sizes(config, mesh)
+    setup = resolve(config, workdir)
     rules = sharding_lib.rules_from_config(config.logical_axis_rules)
     model = AlbertForPreTraining(setup.model_config)
-    tx, schedule = optim.make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        total_steps=config.total_steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm or None,
-    )
-    # Skip (and count) steps whose gradients are not finite; the loop decides when to give up.
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+    tx, schedule = trainer.make_tx(config)
     # Everything is validated: only now is WORKDIR written.
-    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        _write_run_files(config, setup, workdir)
+        workdir_lib.write_run_files(workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer)
+        with open(workdir_lib.path(workdir, workdir_lib.DATA), "w") as f:
+            json.dump({"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}, f, indent=2)
     state, state_sharding = trainer.create_train_state(
-        lambda rng: init_params(model, rng, config.seq_len), model.apply, tx, mesh, rules, config.seed
+        lambda rng: init_params(model, rng, config.seq_len),
+        model.apply,
+        tx,
+        mesh,
+        rules,
+        config.seed,
+        params=setup.init_params,
     )
     log.info("model: %s parameters", f"{trainer.count_params(state.params):,}")
 
@@ -251,17 +243,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             worker_count=config.data.worker_count,
         )
     )
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints
-    )
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(trainer.abstract_like(state), train_it)
-        log.info("resumed from step %d", int(state.step))
-    start = int(state.step)
-
     step_fn = jax.jit(
-        functools.partial(
-            train_step, seed=config.seed, schedule=schedule, grad_accum_steps=config.grad_accum_steps
+        trainer.make_train_step(
+            pretraining_loss,
+            loss_norm,
+            _summarise,
+            seed=config.seed,
+            schedule=schedule,
+            grad_accum_steps=config.grad_accum_steps,
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, None),
@@ -269,104 +258,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 
-    def next_batch():
-        return make_global_batch(next(train_it), data_sharding)
+    def evaluate_state(state, step):
+        del step
+        metrics = evaluate(eval_fn, state.params, setup, config, data_sharding)
+        return {f"eval_{k}": v for k, v in metrics.items()}
 
-    sink = trainer.MetricsSink(workdir, resume_step=start)
-    preempt = trainer.Preemption()
-    tokens_per_step = config.batch_size * config.seq_len
-    final_eval: dict[str, float] = {}
-    try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            batch = next_batch() if start < config.total_steps else None
-            flops = (
-                trainer.compiled_flops(step_fn.lower(state, batch).compile()) if batch is not None else None
-            )
-            throughput = trainer.Throughput()
-            bar = tqdm.tqdm(
-                total=config.total_steps,
-                initial=start,
-                desc="pretrain",
-                disable=jax.process_index() != 0 or not config.progress_bar,
-                dynamic_ncols=True,
-            )
-            pending = None
-            step = last_saved = start
-            streak = 0  # non-finite steps in a row, as of the last metrics read
-            while step < config.total_steps:
-                state, metrics = step_fn(state, batch)
-                step += 1
-                throughput.tick()
-                # The host reads step t-1's metrics only once step t is dispatched: the device never waits.
-                if pending is not None:
-                    streak = _report(pending, sink, bar, config)
-                pending = (step, metrics, throughput, tokens_per_step, flops)
-                # During a non-finite streak, keep the older checkpoints rather than rotating them out. Save
-                # before fetching the next batch: the iterator state must be the one after `step` batches.
-                if streak == 0 and ckpt.save(step, state, train_it):
-                    last_saved = step
-                batch = next_batch() if step < config.total_steps else None
-                if config.eval_every and step % config.eval_every == 0:
-                    sink.write(
-                        step, evaluate(eval_fn, state.params, setup, config, data_sharding), prefix="eval_"
-                    )
-                if preempt.requested:
-                    log.warning("preemption signal: saving step %d and exiting", step)
-                    if last_saved != step:
-                        ckpt.save(step, state, train_it, force=True)
-                    break
-                bar.update(1)
-            if pending is not None:
-                _report(pending, sink, bar, config)
-            bar.close()
-            if not preempt.requested:
-                if last_saved != step:
-                    ckpt.save(step, state, train_it, force=True)
-                final_eval = evaluate(eval_fn, state.params, setup, config, data_sharding)
-                sink.write(step, final_eval, prefix="eval_")
-    finally:
-        ckpt.close()
-        sink.close()
-        preempt.restore()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        result = trainer.fit(
+            config,
+            workdir=workdir,
+            state=state,
+            step_fn=step_fn,
+            train_iter=train_it,
+            make_batch=lambda local: make_global_batch(local, data_sharding),
+            evaluate=evaluate_state,
+            desc="pretrain",
+        )
+    final_eval = {k.removeprefix("eval_"): v for k, v in result.last_eval.items()}
     if final_eval and jax.process_index() == 0:
-        _print_summary(final_eval, model, state.params, setup)
+        _print_summary(final_eval, model, result.state.params, setup)
     return final_eval
-
-
-def _check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
-    """Each (micro-)batch must split evenly over the data-parallel devices and the processes."""
-    replicas = mesh.shape["data"] * mesh.shape["fsdp"]
-    for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-        if size % replicas or size % jax.process_count():
-            raise ValueError(
-                f"{name}={size} must be divisible by the {replicas} data-parallel devices (mesh.data x mesh.fsdp) "
-                f"and the {jax.process_count()} processes"
-            )
-    if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * replicas):
-        raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by grad_accum_steps={config.grad_accum_steps} "
-            f"x {replicas} data-parallel devices"
-        )
-
-
-def _report(pending, sink: trainer.MetricsSink, bar, config) -> int:
-    """Logs one step's metrics (every `log_every`); returns its non-finite streak, raising past the limit."""
-    step, metrics, throughput, tokens_per_step, flops = pending
-    metrics = jax.device_get(metrics)
-    streak = int(metrics["nonfinite_streak"])
-    if step % config.log_every == 0 or step == config.total_steps or streak:
-        metrics = {k: float(v) for k, v in metrics.items()}
-        metrics.update(throughput.rates(tokens_per_step, flops))
-        sink.write(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
-    if streak:
-        log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
-    if streak >= config.max_consecutive_nonfinite:
-        raise trainer.TrainingError(
-            f"{streak} consecutive steps had non-finite gradients (last at step {step}); stopping. "
-            f"The checkpoints in the workdir hold the last good state; lower learning_rate or check the data."
-        )
-    return streak
 
 
 def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> dict[str, float]:
@@ -437,23 +348,3 @@ def _print_summary(final_eval, model, params, setup: PretrainSetup) -> None:
     print(f"fill-mask: {text}")
     for i, cands in enumerate(preds):
         print(f"  [MASK] {i}: " + ", ".join(f"{p} ({q:.2f})" for p, q in cands))
-
-
-def _write_run_files(config: ml_collections.ConfigDict, setup: PretrainSetup, workdir: str) -> None:
-    """The resolved config, the model's HF config.json and the vocabulary, next to the checkpoints."""
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    setup.model_config.save_json(os.path.join(workdir, "model_config.json"))
-    own = os.path.join(workdir, "spiece.model")
-    if os.path.abspath(setup.tokenizer.model_file) != os.path.abspath(own):
-        setup.tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
-    with open(os.path.join(workdir, "data.json"), "w") as f:
-        json.dump(
-            {
-                "source": setup.corpus_spec.describe(),
-                "cache": setup.corpus.path,
-                "tokenizer": os.path.abspath(setup.tokenizer.model_file),
-            },
-            f,
-            indent=2,
-        )

@@ -1,28 +1,45 @@
-"""Pieces every training run shares: sharded state creation, the metrics sinks, preemption, FLOPs.
+"""The one training loop that pretraining and every fine-tuning task share.
 
-The task modules (`training/pretrain.py`, `training/finetune.py`) own their loss and `train_step`;
-this module owns what is the same for all of them.
+- `create_train_state`: `eval_shape → shardings → jit(init, out_shardings)`, or loaded parameters
+  placed straight into those shardings.
+- `make_train_step(loss_fn, …)`: a pure `train_step(state, batch) -> (state, metrics)` with gradient
+  accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optax.apply_if_finite`).
+- `fit`: resume from the latest checkpoint, step, read metrics one step late, stop on a non-finite
+  streak, save before fetching the next batch, evaluate every `eval_every`, handle SIGTERM.
+- `predict`: one output row per example, the last partial batch padded and masked.
+
+A task brings a loss, a head and an evaluator; it never copies the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+import tqdm
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from albert_jax import optim
 from albert_jax import sharding as sharding_lib
+from albert_jax.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+Batch = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
@@ -33,6 +50,9 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps); the message says what was kept."""
 
 
+# --- state -----------------------------------------------------------------------------------------
+
+
 def create_train_state(
     init_params_fn: Callable[[jax.Array], Any],
     apply_fn: Callable[..., Any],
@@ -40,11 +60,14 @@ def create_train_state(
     mesh: Mesh,
     rules: sharding_lib.Rules,
     seed: int,
+    params: Any | None = None,
 ) -> tuple[TrainState, Any]:
     """`eval_shape → shardings → jit(init, out_shardings)`: the state is born sharded, never gathered.
 
-    `init_params_fn(rng)` returns params boxed with logical axis names; the returned state holds plain
-    arrays, and the second value is the state's sharding tree (for restore and for jit).
+    `init_params_fn(rng)` returns params boxed with logical axis names; it fixes the shardings. With
+    `params` (host arrays of the same tree, e.g. loaded from an HF checkpoint), those are placed
+    straight into the shardings instead of a fresh initialisation. Returns the state (plain arrays)
+    and its sharding tree (for restore and for jit).
     """
 
     def boxed_state(rng):
@@ -52,10 +75,29 @@ def create_train_state(
 
     abstract = jax.eval_shape(boxed_state, jax.random.key(seed))
     state_sharding = sharding_lib.logical_shardings(abstract, mesh, rules)
-    init = jax.jit(lambda rng: nn.unbox(boxed_state(rng)), out_shardings=state_sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
-        state = init(jax.random.key(seed))
+        if params is None:
+            init = jax.jit(lambda rng: nn.unbox(boxed_state(rng)), out_shardings=state_sharding)
+            state = init(jax.random.key(seed))
+        else:
+            _check_same_tree(nn.unbox(abstract.params), params)
+            placed = jax.device_put(params, state_sharding.params)
+            create = jax.jit(
+                lambda p: TrainState.create(apply_fn=apply_fn, params=p, tx=tx), out_shardings=state_sharding
+            )
+            state = create(placed)
     return state, state_sharding
+
+
+def _check_same_tree(abstract: Any, params: Any) -> None:
+    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    if want.keys() != got.keys():
+        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+        raise ValueError(f"loaded parameters do not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
+    for k, a in want.items():
+        if tuple(np.shape(got[k])) != tuple(a.shape):
+            raise ValueError(f"loaded parameter {k} has shape {np.shape(got[k])}, the model needs {a.shape}")
 
 
 def abstract_like(state: Any) -> Any:
@@ -65,6 +107,103 @@ def abstract_like(state: Any) -> Any:
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def make_tx(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The run's optimizer from the keys every config shares, wrapped so that non-finite steps are
+    skipped and counted (the loop decides when to give up)."""
+    tx, schedule = optim.make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm or None,
+    )
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**30), schedule
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Each (micro-)batch must split evenly over the data-parallel devices and the processes."""
+    replicas = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+        if size < 1 or size % replicas or size % jax.process_count():
+            raise ValueError(
+                f"{name}={size} must be divisible by the {replicas} data-parallel devices (mesh.data x mesh.fsdp) "
+                f"and the {jax.process_count()} processes"
+            )
+    if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * replicas):
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by grad_accum_steps={config.grad_accum_steps} "
+            f"x {replicas} data-parallel devices"
+        )
+
+
+# --- the step --------------------------------------------------------------------------------------
+
+# loss_fn(params, apply_fn, batch, rng, norm) -> (loss, stats): `norm` comes from norm_fn(whole batch),
+# so micro-batch losses add up to exactly the whole batch's loss; `stats` are sums over rows.
+LossFn = Callable[[Any, Callable, Batch, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def split_microbatches(batch: Batch, num: int) -> Batch:
+    """[B, ...] -> [num, B/num, ...], taking every num-th row so each micro-batch spans all devices."""
+
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    norm_fn: Callable[[Batch], Any],
+    summarise: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
+    *,
+    seed: int,
+    schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """A pure `train_step(state, batch) -> (state, metrics)`, to be jitted with donation.
+
+    Dropout's key is derived from (seed, step): no RNG lives in the state, so resume is exact. The
+    state's optimizer must be wrapped in `optax.apply_if_finite` (see `make_tx`).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        norm = norm_fn(batch)
+        if grad_accum_steps == 1:
+            (_, stats), grads = grad_fn(state.params, state.apply_fn, batch, rng, norm)
+        else:
+
+            def micro_step(grads, xs):
+                micro, i = xs
+                (_, stats), g = grad_fn(state.params, state.apply_fn, micro, jax.random.fold_in(rng, i), norm)
+                return jax.tree.map(jnp.add, grads, g), stats
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            micro = split_microbatches(batch, grad_accum_steps)
+            grads, stats = jax.lax.scan(micro_step, zeros, (micro, jnp.arange(grad_accum_steps)))
+            stats = jax.tree.map(jnp.sum, stats)
+        new_state = state.apply_gradients(grads=grads)
+        metrics = summarise(stats)
+        finite = new_state.opt_state  # optax.apply_if_finite's state
+        metrics.update(
+            grad_norm=optax.tree.norm(grads),
+            learning_rate=optim.current_learning_rate(schedule, state.opt_state),  # the rate this update used
+            nonfinite_streak=finite.notfinite_count,
+            nonfinite_total=finite.total_notfinite,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+# --- metrics, preemption, throughput --------------------------------------------------------------
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -152,26 +291,130 @@ class Throughput:
     def __init__(self):
         self._t = time.perf_counter()
         self._steps = 0
+        self._tokens = 0
 
-    def tick(self) -> None:
+    def tick(self, tokens: int) -> None:
         self._steps += 1
+        self._tokens += tokens
 
-    def rates(self, tokens_per_step: float, flops_per_step: float | None) -> dict[str, float]:
+    def rates(self, flops_per_step: float | None) -> dict[str, float]:
         now = time.perf_counter()
         elapsed, steps = max(now - self._t, 1e-9), max(self._steps, 1)
-        self._t, self._steps = now, 0
-        out = {"steps_per_sec": steps / elapsed, "tokens_per_sec": steps * tokens_per_step / elapsed}
+        out = {"steps_per_sec": steps / elapsed, "tokens_per_sec": self._tokens / elapsed}
         if flops_per_step:
             out["model_tflops_per_sec"] = steps * flops_per_step / elapsed / 1e12
+        self._t, self._steps, self._tokens = now, 0, 0
         return out
 
 
-def split_microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]:
-    """[B, ...] -> [num, B/num, ...], taking every num-th row so each micro-batch spans all devices."""
+# --- the loop --------------------------------------------------------------------------------------
 
-    def split(x):
-        if x.shape[0] % num:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num}")
-        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
 
-    return jax.tree.map(split, batch)
+@dataclasses.dataclass
+class FitResult:
+    state: TrainState
+    step: int
+    preempted: bool
+    last_eval: dict[str, float]  # the metrics of the final evaluation ({} when preempted)
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str,
+    state: TrainState,
+    step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]],
+    train_iter: Iterator[dict[str, np.ndarray]],
+    make_batch: Callable[[dict[str, np.ndarray]], Batch],
+    evaluate: Callable[[TrainState, int], dict[str, float]] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train `state` to `config.total_steps`, resuming from WORKDIR/checkpoints.
+
+    Uses the config keys every run has: total_steps, log_every, eval_every, checkpoint_every,
+    keep_checkpoints, max_consecutive_nonfinite, progress_bar. `train_iter` is a checkpointable grain
+    iterator of process-local batches; `make_batch` turns one into global device arrays. `evaluate`
+    (state, step) -> metrics runs every `eval_every` steps and once at the end, unless the last step
+    was just evaluated; its metrics go to metrics.jsonl as they are named.
+    """
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(abstract_like(state), train_iter)
+        log.info("resumed from step %d", int(state.step))
+    start = int(state.step)
+    sink = MetricsSink(workdir, resume_step=start)
+    preempt = Preemption()
+    last_eval: dict[str, float] = {}
+    evaluated_at = None
+    step = start
+    try:
+        batch = make_batch(next(train_iter)) if start < config.total_steps else None
+        flops = compiled_flops(step_fn.lower(state, batch).compile()) if batch is not None else None
+        throughput = Throughput()
+        bar = tqdm.tqdm(
+            total=config.total_steps,
+            initial=start,
+            desc=desc,
+            disable=jax.process_index() != 0 or not config.progress_bar,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        pending = None
+        last_saved = start
+        streak = 0  # non-finite steps in a row, as of the last metrics read
+        while step < config.total_steps:
+            state, metrics = step_fn(state, batch)
+            step += 1
+            throughput.tick(int(np.prod(batch["input_ids"].shape)))
+            # The host reads step t-1's metrics only once step t is dispatched: the device never waits.
+            if pending is not None:
+                streak = _report(pending, sink, bar, config)
+            pending = (step, metrics, throughput, flops)
+            # During a non-finite streak, keep the older checkpoints rather than rotating them out. Save
+            # before fetching the next batch: the iterator state must be the one after `step` batches.
+            if streak == 0 and ckpt.save(step, state, train_iter):
+                last_saved = step
+            batch = make_batch(next(train_iter)) if step < config.total_steps else None
+            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
+                last_eval, evaluated_at = evaluate(state, step), step
+                sink.write(step, last_eval)
+            if preempt.requested:
+                log.warning("preemption signal: saving step %d and exiting", step)
+                if last_saved != step:
+                    ckpt.save(step, state, train_iter, force=True)
+                break
+            bar.update(1)
+        if pending is not None:
+            _report(pending, sink, bar, config)
+        bar.close()
+        if not preempt.requested:
+            if last_saved != step:
+                ckpt.save(step, state, train_iter, force=True)
+            if evaluate is not None and evaluated_at != step:
+                last_eval = evaluate(state, step)
+                sink.write(step, last_eval)
+    finally:
+        ckpt.close()
+        sink.close()
+        preempt.restore()
+    return FitResult(state, step, preempt.requested, {} if preempt.requested else last_eval)
+
+
+def _report(pending, sink: MetricsSink, bar, config) -> int:
+    """Logs one step's metrics (every `log_every`); returns its non-finite streak, raising past the limit."""
+    step, metrics, throughput, flops = pending
+    metrics = jax.device_get(metrics)
+    streak = int(metrics["nonfinite_streak"])
+    if step % config.log_every == 0 or step == config.total_steps or streak:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics.update(throughput.rates(flops))
+        sink.write(step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+    if streak:
+        log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
+    if streak >= config.max_consecutive_nonfinite:
+        raise TrainingError(
+            f"{streak} consecutive steps had non-finite gradients (last at step {step}); stopping. "
+            f"The checkpoints in the workdir hold the last good state; lower learning_rate or check the data."
+        )
+    return streak

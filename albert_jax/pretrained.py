@@ -1,0 +1,87 @@
+"""Where a run's starting parameters come from: an HF directory or a pretraining/fine-tuning WORKDIR.
+
+`load(init_from, head, **overrides)` returns the model config (shape from the checkpoint, overrides
+for dropout and labels), host parameters for `head` and the checkpoint's vocabulary. Parts of the
+head that the checkpoint lacks start fresh and are named in the log; a checkpoint without the
+encoder is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import traverse_util
+
+from albert_jax import hf, workdir
+from albert_jax.checkpoint import Checkpointer
+from albert_jax.config import AlbertConfig
+from albert_jax.modeling import HEADS, init_params
+from albert_jax.tokenizer import AlbertTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load(
+    init_from: str, head: str | type[nn.Module], seed: int = 0, **overrides: Any
+) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
+    """(config, params for `head(config)`, tokenizer) from an HF directory or a run's WORKDIR."""
+    if not init_from:
+        raise ValueError("init_from is empty: give an HF directory or a WORKDIR (or init_from=none on purpose)")
+    if not os.path.exists(init_from):
+        raise FileNotFoundError(
+            f"init_from={init_from!r} does not exist; give an HF directory (config.json + weights + spiece.model) "
+            "or a pretraining WORKDIR"
+        )
+    if workdir.is_run(init_from):
+        config, saved_head = workdir.read_model_config(init_from, **overrides)
+        ckpt = Checkpointer(os.path.join(init_from, workdir.CHECKPOINTS), every=1, keep=1, async_save=False)
+        try:
+            if ckpt.latest_step() is None:
+                raise FileNotFoundError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
+            saved = ckpt.restore_params()
+        finally:
+            ckpt.close()
+        log.info("init_from: %s (%s, step %s)", init_from, saved_head, ckpt.latest_step())
+        # Through HF's names: the table already knows which tensors each head shares.
+        saved = {k: v for k, v in saved.items() if k in ("albert", "predictions", "sop_classifier")}
+        state_dict = hf.params_to_hf(config, saved)
+        tokenizer = workdir.tokenizer(init_from)
+    elif os.path.isfile(os.path.join(init_from, "config.json")):
+        config = AlbertConfig.from_json(os.path.join(init_from, "config.json"), **overrides)
+        state_dict = hf.load_state_dict(init_from)
+        if not os.path.isfile(os.path.join(init_from, "spiece.model")):
+            raise FileNotFoundError(f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)")
+        tokenizer = AlbertTokenizer.from_pretrained(init_from)
+        log.info("init_from: HF checkpoint %s", init_from)
+    else:
+        raise FileNotFoundError(
+            f"init_from={init_from!r} is neither an HF directory (no config.json) nor a run's WORKDIR "
+            "(no model_config.json and checkpoints/)"
+        )
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(
+            f"init_from={init_from!r}: the vocabulary has {tokenizer.vocab_size} pieces but the model's vocab_size "
+            f"is {config.vocab_size}"
+        )
+    return config, params_for(config, head, state_dict, seed), tokenizer
+
+
+def params_for(config: AlbertConfig, head: str | type[nn.Module], state_dict: dict, seed: int = 0) -> Any:
+    """Host params of `head(config)` from an HF state dict; a head that is not an HF class (e.g. the
+    original SQuAD v2 head) gets the encoder from the checkpoint and the rest fresh."""
+    if isinstance(head, str) or head in HEADS.values():
+        return hf.params_from_hf(config, head, state_dict, rng_seed=seed)
+    encoder = hf.params_from_hf(config, "AlbertModel", state_dict, rng_seed=seed)
+    module = head(config)
+    fresh = jax.jit(lambda r: nn.unbox(init_params(module, r, seq_len=1)))(jax.random.key(seed))
+    flat = traverse_util.flatten_dict(fresh)
+    for path, value in traverse_util.flatten_dict(encoder).items():
+        if ("albert", *path) in flat:
+            flat[("albert", *path)] = value
+    new = sorted("/".join(p) for p in flat if p[0] != "albert")
+    log.warning("%s: not in the checkpoint, initialised fresh: %s", head.__name__, ", ".join(new))
+    return traverse_util.unflatten_dict(flat)
