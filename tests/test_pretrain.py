@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -119,6 +120,38 @@ def test_tiny_run_learns(tmp_path):
     with torch.no_grad():
         theirs = hf(**{k: torch.tensor(v) for k, v in enc.items()})
     np.testing.assert_allclose(ours.prediction_logits, theirs.prediction_logits.numpy(), atol=1e-4)
+
+
+def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
+    """Export a fresh run's initial parameters to HF, continue from them: the same losses, step for step.
+    Then continuing from the run's WORKDIR starts from its trained parameters (a lower first loss)."""
+    from albert_jax import save_pretrained
+    from albert_jax.tokenizer import AlbertTokenizer
+
+    overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
+    fresh = str(tmp_path / "fresh")
+    config = small_config(tmp_path, **overrides)
+    pretrain.run(config, fresh)
+
+    model = AlbertForPreTraining(pretrain.model_config_from(config))
+    params = jax.jit(lambda r: nn.unbox(init_params(model, r, config.seq_len)))(jax.random.key(config.seed))
+    start = str(tmp_path / "start")
+    save_pretrained(start, model, params)
+    AlbertTokenizer.from_pretrained(fresh).save_pretrained(start)
+
+    continued = str(tmp_path / "continued")
+    pretrain.run(small_config(tmp_path, init_from=start, **overrides), continued)
+    ref = [m for m in read_metrics(fresh) if "loss" in m]
+    got = [m for m in read_metrics(continued) if "loss" in m]
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+
+    from_run = str(tmp_path / "from_run")
+    pretrain.run(small_config(tmp_path, init_from=fresh, **overrides), from_run)
+    assert [m for m in read_metrics(from_run) if "loss" in m][0]["loss"] < ref[0]["loss"]
+    # The model's shape and vocabulary come from init_from, whatever config.model says.
+    assert AlbertTokenizer.from_pretrained(from_run).fingerprint == AlbertTokenizer.from_pretrained(fresh).fingerprint
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):

@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from albert_jax import optim
 from albert_jax import sharding as sharding_lib
 from albert_jax.checkpoint import Checkpointer
+from albert_jax.data import finetuning as finetuning_data
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
@@ -75,17 +76,18 @@ def create_train_state(
 
     abstract = jax.eval_shape(boxed_state, jax.random.key(seed))
     state_sharding = sharding_lib.logical_shardings(abstract, mesh, rules)
+    if params is not None:  # outside the mesh context: unboxing there would add sharding constraints
+        _check_same_tree(nn.unbox(abstract.params), params)
+        params = jax.device_put(params, state_sharding.params)
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         if params is None:
             init = jax.jit(lambda rng: nn.unbox(boxed_state(rng)), out_shardings=state_sharding)
             state = init(jax.random.key(seed))
         else:
-            _check_same_tree(nn.unbox(abstract.params), params)
-            placed = jax.device_put(params, state_sharding.params)
             create = jax.jit(
                 lambda p: TrainState.create(apply_fn=apply_fn, params=p, tx=tx), out_shardings=state_sharding
             )
-            state = create(placed)
+            state = create(params)
     return state, state_sharding
 
 
@@ -418,3 +420,40 @@ def _report(pending, sink: MetricsSink, bar, config) -> int:
             f"The checkpoints in the workdir hold the last good state; lower learning_rate or check the data."
         )
     return streak
+
+
+# --- prediction ------------------------------------------------------------------------------------
+
+
+def predict(
+    predict_fn: Callable[[Any, Batch], dict[str, jax.Array]],
+    params: Any,
+    inputs: dict[str, np.ndarray],
+    *,
+    global_batch_size: int,
+    buckets: tuple[int, ...],
+    make_batch: Callable[[dict[str, np.ndarray]], Batch],
+    sequence_inputs: tuple[str, ...] = (),
+    token_outputs: tuple[str, ...] = (),
+    token_output_fill: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """`predict_fn(params, batch)` over every row of `inputs`: exactly one output row per input row.
+
+    The last batch is padded and its padding dropped; outputs named in `token_outputs` are padded
+    back along axis 1 to the inputs' full length (batches are cut to length buckets). `predict_fn`
+    must return replicated arrays, so every process gets every row.
+    """
+    full_length = inputs["input_ids"].shape[-1]
+    parts: dict[str, list[np.ndarray]] = {}
+    for local, valid in finetuning_data.eval_batches(
+        inputs, global_batch_size=global_batch_size, buckets=buckets, sequence_inputs=sequence_inputs
+    ):
+        out = jax.device_get(predict_fn(params, make_batch(local)))
+        for name, value in out.items():
+            value = np.asarray(value)[valid]
+            if name in token_outputs and value.shape[1] < full_length:
+                pad = [(0, 0)] * value.ndim
+                pad[1] = (0, full_length - value.shape[1])
+                value = np.pad(value, pad, constant_values=token_output_fill)
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}

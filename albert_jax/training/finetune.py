@@ -1,0 +1,426 @@
+"""Fine-tuning: a task (head, loss, evaluator) wired into the one training loop of `trainer.py`.
+
+`run(config, workdir)` is what `train.py` calls. It reads and featurises every split (bad data fails
+here, before WORKDIR is written), starts from `config.init_from` (an HF directory or a WORKDIR; the
+task head starts fresh), trains with `trainer.fit`, evaluates every `eval_every` steps, keeps the best
+checkpoint by the task's metric in WORKDIR/best, and writes eval_results.json (best), summary.json
+(best and last), predictions/ (best) and, for GLUE test splits, the GLUE-server files. With
+`num_seeds > 1` each seed runs in WORKDIR/seed_<k> and the summary holds mean ± std. Re-running the
+same command resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from albert_jax import pretrained
+from albert_jax import sharding as sharding_lib
+from albert_jax import workdir as workdir_lib
+from albert_jax.checkpoint import Checkpointer
+from albert_jax.config import AlbertConfig
+from albert_jax.data import finetuning as finetuning_data
+from albert_jax.data.loader import make_global_batch
+from albert_jax.modeling import HEADS, init_params
+from albert_jax.tasks import DataError, Features, Task, make_task
+from albert_jax.tokenizer import AlbertTokenizer
+from albert_jax.training import trainer
+
+log = logging.getLogger(__name__)
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass
+class Split:
+    name: str
+    role: str  # "train" | "eval" | "predict"
+    task: Task  # usually the run's task; GLUE's AX is predicted by the MNLI model through its own task
+    examples: Any
+    features: Features
+
+
+@dataclasses.dataclass
+class FinetuneSetup:
+    """Everything resolved and validated before WORKDIR is written."""
+
+    task: Task
+    model_config: AlbertConfig
+    tokenizer: AlbertTokenizer
+    splits: list[Split]
+    buckets: tuple[int, ...]
+    init_params: Any  # host params loaded for config.seed (None: fresh init)
+
+    @property
+    def train(self) -> Split:
+        return next(s for s in self.splits if s.role == "train")
+
+    def of_role(self, role: str) -> list[Split]:
+        return [s for s in self.splits if s.role == role]
+
+
+# --- loss and prediction ----------------------------------------------------------------------------
+
+
+def _apply(task: Task, apply_fn, params, batch: Batch, deterministic: bool, rng=None):
+    return apply_fn(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng},
+        **task.model_inputs(batch, not deterministic),
+    )
+
+
+def make_loss(task: Task):
+    """The task's loss in the shared step's form: sum of row losses over the whole batch's weight."""
+
+    def loss_fn(params, apply_fn, batch: Batch, rng: jax.Array, norm: jax.Array):
+        loss_sum, weight = task.loss(_apply(task, apply_fn, params, batch, False, rng), batch)
+        stats = {"loss_sum": jnp.sum(loss_sum), "weight": jnp.sum(weight)}
+        return stats["loss_sum"] / norm, stats
+
+    def norm_fn(batch: Batch) -> jax.Array:
+        return jnp.maximum(jnp.sum(task.loss_weight(batch)), 1.0)
+
+    return loss_fn, norm_fn
+
+
+def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {"loss": stats["loss_sum"] / jnp.maximum(stats["weight"], 1.0)}
+
+
+# --- resolving the config --------------------------------------------------------------------------
+
+
+def _model_overrides(config: ml_collections.ConfigDict, task: Task) -> dict[str, Any]:
+    """The recipe's dropout and the task's labels on top of the checkpoint's shape."""
+    return dict(
+        num_labels=task.num_labels,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        classifier_dropout_prob=config.classifier_dropout,
+        dtype=config.model.dtype,
+        param_dtype=config.model.param_dtype,
+        scan_layers=config.model.scan_layers,
+        remat_policy=config.model.remat_policy,
+    )
+
+
+def load_model(config: ml_collections.ConfigDict, task: Task, seed: int) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
+    """(model config, host params or None for a fresh init, tokenizer) from `config.init_from`."""
+    overrides = _model_overrides(config, task)
+    if config.init_from == "none":
+        if not config.tokenizer:
+            raise ValueError("init_from=none trains from scratch and needs --config.tokenizer=spiece.model")
+        fields = {k: v for k, v in config.model.to_dict().items()}
+        model_config = AlbertConfig(**{**fields, **overrides})
+        tokenizer = AlbertTokenizer.from_pretrained(config.tokenizer)
+        if tokenizer.vocab_size != model_config.vocab_size:
+            raise ValueError(
+                f"the vocabulary {config.tokenizer} has {tokenizer.vocab_size} pieces but model.vocab_size is "
+                f"{model_config.vocab_size}"
+            )
+        log.warning("init_from=none: every parameter starts fresh (no pretrained encoder)")
+        return model_config, None, tokenizer
+    if not config.init_from:
+        raise ValueError(
+            "set --config.init_from to an HF directory or a pretraining WORKDIR (or init_from=none to train "
+            "from scratch on purpose)"
+        )
+    return pretrained.load(config.init_from, task.head, seed=seed, **overrides)
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
+    """Validate the config and read + featurise every split; raises one-line errors, writes nothing."""
+    workdir_lib.check_local(workdir)
+    task = make_task(config)
+    model_config, params, tokenizer = load_model(config, task, config.seed)
+    if config.max_seq_length > model_config.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
+            f"{model_config.max_position_embeddings}"
+        )
+    buckets = tuple(sorted({int(b) for b in config.length_buckets} | {config.max_seq_length}))
+    if not config.length_buckets:
+        buckets = finetuning_data.default_buckets(config.max_seq_length)
+    if buckets[0] < 1 or buckets[-1] != config.max_seq_length:
+        raise ValueError(f"length_buckets must lie in [1, max_seq_length={config.max_seq_length}], got {buckets}")
+    splits = [_read_split(task, name, role, tokenizer, config) for name, role in task.splits().items()]
+    if task.name == "mnli" and config.data_dir:
+        splits += _ax_split(config, tokenizer)
+    roles = [s.role for s in splits]
+    if "train" not in roles or "eval" not in roles:
+        raise DataError(f"{task.name} needs a train and an eval split; found {[s.name for s in splits]}")
+    return FinetuneSetup(task, model_config, tokenizer, splits, buckets, params)
+
+
+def _read_split(task: Task, name: str, role: str, tokenizer, config) -> Split:
+    examples = task.read(name)
+    if len(examples) == 0:
+        raise DataError(f"the {task.name} {name} split has no examples")
+    features = task.features(examples, tokenizer, config.max_seq_length, training=role == "train")
+    log.info("%s %s: %d examples, %d model inputs", task.name, name, len(examples), len(features))
+    return Split(name, role, task, examples, features)
+
+
+def _ax_split(config, tokenizer) -> list[Split]:
+    """GLUE's diagnostic set (AX), predicted with the MNLI model, when data_dir has it."""
+    from albert_jax.tasks.glue import GlueTask
+
+    ax = GlueTask("ax", config.data_dir)
+    try:
+        return [_read_split(ax, "test", "predict", tokenizer, config)]
+    except DataError as e:
+        log.info("no AX predictions: %s", e)
+        return []
+
+
+# --- evaluation and best-checkpoint selection ------------------------------------------------------
+
+
+class Evaluator:
+    """Scores every eval split on the host; keeps the best parameters (WORKDIR/best) and their
+    predictions (WORKDIR/predictions). Its record survives restarts (best.json)."""
+
+    def __init__(self, setup: FinetuneSetup, predict, workdir: str):
+        self.setup, self.predict, self.workdir = setup, predict, workdir
+        self.best_path = workdir_lib.path(workdir, "best.json")
+        self.best = json.load(open(self.best_path)) if os.path.exists(self.best_path) else None
+        self.last: dict[str, Any] | None = None
+        self.warnings: dict[str, str] = {}
+
+    def __call__(self, state: trainer.TrainState, step: int) -> dict[str, float]:
+        task = self.setup.task
+        results, outputs = {}, {}
+        for split in self.setup.of_role("eval"):
+            outputs[split.name] = self.predict(state.params, split)
+            results[split.name] = task.evaluate(split.name, split.examples, split.features, outputs[split.name], None)
+            warning = task.degenerate(outputs[split.name], split.name, features=split.features)
+            if warning:
+                log.warning("step %d: %s", step, warning)
+                self.warnings[split.name] = f"step {step}: {warning}"
+        first = self.setup.of_role("eval")[0].name
+        value = float(results[first][task.selection_metric])
+        self.last = {"step": step, "metrics": results}
+        if math.isfinite(value) and (self.best is None or value > self.best["value"]):
+            self._keep_best(state, step, value, results, outputs)
+        return {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()}
+
+    def _keep_best(self, state, step: int, value: float, results, outputs) -> None:
+        best = Checkpointer(workdir_lib.path(self.workdir, workdir_lib.BEST), every=1, keep=1, async_save=False)
+        try:
+            best.save(step, {"params": state.params}, force=True)
+        finally:
+            best.close()
+        self.best = {"step": step, "value": value, "metrics": results}
+        if jax.process_index() == 0:
+            out_dir = workdir_lib.path(self.workdir, workdir_lib.PREDICTIONS)
+            os.makedirs(out_dir, exist_ok=True)
+            for split in self.setup.of_role("eval"):
+                self.setup.task.evaluate(split.name, split.examples, split.features, outputs[split.name], out_dir)
+            with open(self.best_path, "w") as f:
+                json.dump(self.best, f, indent=2)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Fine-tune (or resume) into `workdir`; returns the summary (best and last metrics)."""
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    trainer.check_batch_sizes(config, mesh)
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    setup = resolve(config, workdir)
+    if config.num_seeds == 1:
+        summary = run_seed(config, workdir, setup, mesh, config.seed)
+    else:
+        summary = _run_seeds(config, workdir, setup, mesh)
+    if jax.process_index() == 0 and summary:
+        _print_summary(setup.task, summary)
+    return summary
+
+
+def _run_seeds(config, workdir: str, setup: FinetuneSetup, mesh) -> dict[str, Any]:
+    """`num_seeds` runs in WORKDIR/seed_<k>; mean ± std of their best (and last) metrics."""
+    runs, failed = {}, {}
+    for k in range(config.num_seeds):
+        seed = config.seed + k
+        try:
+            summary = run_seed(config, os.path.join(workdir, f"seed_{k}"), setup, mesh, seed)
+        except trainer.TrainingError as e:  # one diverged seed is a result, not the end of the sweep
+            log.error("seed %d failed: %s", seed, e)
+            failed[seed] = str(e)
+            continue
+        if not summary:  # preempted: the rerun continues this seed
+            return {}
+        runs[seed] = summary
+    if not runs:
+        raise trainer.TrainingError(f"every seed failed: {failed}")
+    out = {
+        "task": setup.task.name,
+        "selection_metric": setup.task.selection_metric,
+        "seeds": sorted(runs),
+        "failed_seeds": failed,
+        "best": _mean_std([r["best"]["metrics"] for r in runs.values()]),
+        "last": _mean_std([r["last"]["metrics"] for r in runs.values()]),
+        "degenerate": {s: r["degenerate"] for s, r in runs.items() if r["degenerate"]},
+    }
+    if jax.process_index() == 0:
+        _write_json(workdir, workdir_lib.SUMMARY, out)
+        means = {split: {k: v["mean"] for k, v in m.items()} for split, m in out["best"].items()}
+        _write_json(workdir, workdir_lib.EVAL_RESULTS, means)
+    return out
+
+
+def _mean_std(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in results[0]:
+        out[split] = {}
+        for metric in results[0][split]:
+            values = [float(r[split][metric]) for r in results]
+            out[split][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+    return out
+
+
+def run_seed(config, workdir: str, setup: FinetuneSetup, mesh, seed: int) -> dict[str, Any]:
+    """One fine-tuning run with `seed` (head init, data order, dropout); {} when preempted."""
+    task = setup.task
+    if seed == config.seed:
+        model_config, params = setup.model_config, setup.init_params
+    else:  # the head starts fresh from this seed
+        model_config, params, _ = load_model(config, task, seed)
+    head_cls = HEADS[task.head] if isinstance(task.head, str) else task.head
+    model = head_cls(model_config)
+    rules = sharding_lib.rules_from_config(config.logical_axis_rules)
+    data_sharding = sharding_lib.batch_sharding(mesh, rules)
+    tx, schedule = trainer.make_tx(config)
+    if jax.process_index() == 0:
+        workdir_lib.write_run_files(workdir, config, model_config, head_cls.__name__, setup.tokenizer)
+    seq = setup.buckets[0]
+    state, state_sharding = trainer.create_train_state(
+        lambda rng: init_params(model, rng, seq), model.apply, tx, mesh, rules, seed, params=params
+    )
+    del params
+    log.info("model: %s parameters, head %s", f"{trainer.count_params(state.params):,}", head_cls.__name__)
+
+    loss_fn, norm_fn = make_loss(task)
+    step_fn = jax.jit(
+        trainer.make_train_step(
+            loss_fn, norm_fn, _summarise, seed=seed, schedule=schedule, grad_accum_steps=config.grad_accum_steps
+        ),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, None),
+        donate_argnums=0,
+    )
+    make_batch = functools.partial(make_global_batch, sharding=data_sharding)
+    predict_jit = jax.jit(
+        lambda params, batch, task: task.outputs(_apply(task, model.apply, params, batch, True), batch),
+        static_argnames="task",
+        out_shardings=sharding_lib.replicated(mesh),
+    )
+
+    def predict(params, split: Split) -> dict[str, np.ndarray]:
+        return trainer.predict(
+            functools.partial(predict_jit, task=split.task),
+            params,
+            split.features.inputs,
+            global_batch_size=config.eval_batch_size,
+            buckets=setup.buckets,
+            make_batch=make_batch,
+            sequence_inputs=split.task.sequence_inputs,
+            token_outputs=split.task.token_outputs,
+            token_output_fill=split.task.token_output_fill,
+        )
+
+    train_it = iter(
+        finetuning_data.train_dataset(
+            setup.train.features.inputs,
+            global_batch_size=config.batch_size,
+            seed=seed,
+            buckets=setup.buckets,
+            sequence_inputs=task.sequence_inputs,
+        )
+    )
+    evaluator = Evaluator(setup, predict, workdir)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        result = trainer.fit(
+            config,
+            workdir=workdir,
+            state=state,
+            step_fn=step_fn,
+            train_iter=train_it,
+            make_batch=make_batch,
+            evaluate=evaluator,
+            desc=task.name,
+        )
+        if result.preempted:
+            return {}
+        _predict_unlabelled(setup, predict, workdir, state_sharding)
+    summary = {
+        "task": task.name,
+        "seed": seed,
+        "selection_metric": task.selection_metric,
+        "best": {"step": evaluator.best["step"], "metrics": evaluator.best["metrics"]} if evaluator.best else None,
+        "last": evaluator.last,
+        "degenerate": evaluator.warnings,
+    }
+    if summary["best"] is None:  # every evaluation was NaN (e.g. constant STS-B predictions)
+        summary["best"] = summary["last"]
+    if jax.process_index() == 0:
+        _write_json(workdir, workdir_lib.EVAL_RESULTS, summary["best"]["metrics"])
+        _write_json(workdir, workdir_lib.SUMMARY, summary)
+    return summary
+
+
+def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, state_sharding) -> None:
+    """Predictions of the best checkpoint for unlabelled splits (GLUE test → GLUE-server files)."""
+    splits = setup.of_role("predict")
+    best_dir = workdir_lib.path(workdir, workdir_lib.BEST)
+    if not splits or not os.path.isdir(best_dir):
+        return
+    ckpt = Checkpointer(best_dir, every=1, keep=1, async_save=False)
+    try:
+        params = jax.device_put(ckpt.restore_params(), state_sharding.params)
+    finally:
+        ckpt.close()
+    out_dir = workdir_lib.path(workdir, workdir_lib.PREDICTIONS)
+    for split in splits:
+        outputs = predict(params, split)
+        if jax.process_index() == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            split.task.evaluate(split.name, split.examples, split.features, outputs, out_dir)
+
+
+def _write_json(workdir: str, name: str, value: Any) -> None:
+    with open(workdir_lib.path(workdir, name), "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+
+
+def _print_summary(task: Task, summary: dict[str, Any]) -> None:
+    metric = task.selection_metric
+    for kind in ("best", "last"):
+        entry = summary.get(kind) or {}
+        if "step" in entry:  # one seed
+            line = ", ".join(f"{split} {metric} {m.get(metric, float('nan')):.4f}" for split, m in entry["metrics"].items())
+            print(f"{task.name} {kind} (step {entry['step']}): {line}")
+        else:
+            line = ", ".join(
+                f"{split} {metric} {m[metric]['mean']:.4f} ± {m[metric]['std']:.4f}" for split, m in entry.items()
+            )
+            print(f"{task.name} {kind} over seeds {summary['seeds']}: {line}")
+    for split, warning in (summary.get("degenerate") or {}).items():
+        print(f"warning: {warning}")
