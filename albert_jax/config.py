@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from typing import Any
 
@@ -22,6 +24,23 @@ SUPPORTED_ACTIVATIONS = (
 )
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Upper bounds that catch corrupt or hostile config.json files before init allocates for them; each is
+# far above any published model (ALBERT xxlarge: hidden 4096, 223M parameters).
+_MAX_FIELD = {
+    "vocab_size": 1 << 22,
+    "embedding_size": 1 << 16,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1 << 10,
+    "num_hidden_groups": 1 << 10,
+    "inner_group_num": 1 << 10,
+    "num_attention_heads": 1 << 12,
+    "intermediate_size": 1 << 18,
+    "max_position_embeddings": 1 << 20,
+    "type_vocab_size": 1 << 16,
+    "num_labels": 1 << 20,
+}
+_MAX_PARAMETERS = 1 << 34  # ~17e9, 64 GiB in float32
+_MAX_JSON_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +73,19 @@ class AlbertConfig:
 
     def __post_init__(self):
         errors = []
-        for name in (
-            "vocab_size",
-            "embedding_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_hidden_groups",
-            "inner_group_num",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-            "num_labels",
-        ):
+
+        def brief(value: Any) -> str:  # values may come from a hostile config.json
+            if isinstance(value, int) and value.bit_length() > 64:
+                return f"a {value.bit_length()}-bit integer"
+            text = repr(value) if isinstance(value, (int, float, str, type(None))) else type(value).__name__
+            return text if len(text) <= 40 else text[:39] + "…"
+
+        for name, limit in _MAX_FIELD.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(f"{name} must be a positive integer, got {value!r}")
+                errors.append(f"{name} must be a positive integer, got {brief(value)}")
+            elif value > limit:
+                errors.append(f"{name} is {brief(value)}, above the sanity limit {limit}")
         if not errors:
             if self.hidden_size % self.num_attention_heads:
                 errors.append(
@@ -81,21 +97,43 @@ class AlbertConfig:
                     f"num_hidden_layers ({self.num_hidden_layers}) is not divisible by num_hidden_groups "
                     f"({self.num_hidden_groups})"
                 )
-            if not 0 <= self.pad_token_id < self.vocab_size:
+            if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
+                errors.append(f"pad_token_id must be an integer, got {brief(self.pad_token_id)}")
+            elif not 0 <= self.pad_token_id < self.vocab_size:
                 errors.append(
                     f"pad_token_id ({self.pad_token_id}) is outside the vocabulary (size {self.vocab_size})"
                 )
+            # The weight matrices, to within a few vectors: embeddings, the shared groups, pooler, heads.
+            h, e, i = self.hidden_size, self.embedding_size, self.intermediate_size
+            layers = self.num_hidden_groups * self.inner_group_num * (4 * h * h + 2 * h * i)
+            tables = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * e
+            count = tables + e * h + layers + h * (h + e + self.num_labels)
+            if count > _MAX_PARAMETERS:
+                errors.append(
+                    f"the model would have about {count:.2e} parameters, above the sanity limit "
+                    f"{_MAX_PARAMETERS:.2e}"
+                )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                errors.append(f"{name} must be in [0, 1), got {value!r}")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            errors.append(f"hidden_act {self.hidden_act!r} is not one of {', '.join(SUPPORTED_ACTIVATIONS)}")
+            if value is None and name == "classifier_dropout_prob":
+                continue
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                errors.append(f"{name} must be a number in [0, 1), got {brief(value)}")
+        for name in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < math.inf:
+                errors.append(f"{name} must be a non-negative finite number, got {brief(value)}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            errors.append(
+                f"hidden_act {brief(self.hidden_act)} is not one of {', '.join(SUPPORTED_ACTIVATIONS)}"
+            )
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                errors.append(f"{name} {getattr(self, name)!r} is not one of {', '.join(_DTYPES)}")
-        if self.remat_policy not in REMAT_POLICIES:
-            errors.append(f"remat_policy {self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}")
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in _DTYPES:
+                errors.append(f"{name} {brief(getattr(self, name))} is not one of {', '.join(_DTYPES)}")
+        if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
+            errors.append(
+                f"remat_policy {brief(self.remat_policy)} is not one of {', '.join(REMAT_POLICIES)}"
+            )
         if errors:
             raise ValueError("invalid AlbertConfig: " + "; ".join(errors))
 
@@ -152,11 +190,19 @@ class AlbertConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides: Any) -> "AlbertConfig":
-        if d.get("model_type", "albert") != "albert":
-            raise ValueError(f"config.json describes a {d['model_type']!r} model, not an ALBERT model")
+        if not isinstance(d, dict):
+            raise ValueError(f"an HF config must be a JSON object, got a {type(d).__name__}")
+        model_type = d.get("model_type", "albert")
+        if model_type != "albert":
+            shown = (
+                repr(model_type) if isinstance(model_type, str) and len(model_type) <= 40 else "non-ALBERT"
+            )
+            raise ValueError(f"config.json describes a {shown} model, not an ALBERT model")
         names = {f.name for f in dataclasses.fields(cls)} - _JAX_ONLY
         values = {k: v for k, v in d.items() if k in names}
         if "num_labels" not in d and "id2label" in d:
+            if not isinstance(d["id2label"], dict):
+                raise ValueError(f"id2label must be a JSON object, got a {type(d['id2label']).__name__}")
             values["num_labels"] = len(d["id2label"])
         return cls(**{**values, **overrides})
 
@@ -166,14 +212,32 @@ class AlbertConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **overrides: Any) -> "AlbertConfig":
+        """Read an HF config.json; anything wrong with it is a one-line ValueError that names the file."""
         try:
-            with open(path) as f:
-                d = json.load(f)
+            size = os.path.getsize(path)
+            if size > _MAX_JSON_BYTES:
+                raise ValueError(f"{path} is {size} bytes, too large for a config.json")
+            with open(path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"no config.json at {path}") from None
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
+        except RecursionError:
+            raise ValueError(f"{path} nests too deeply to be a config.json") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_hf_dict(d, **overrides)
+        except ValueError as e:  # e.g. an integer with more digits than int() accepts
+            raise ValueError(f"{path} is not a usable config.json: {str(e).splitlines()[0][:200]}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a JSON object, not a {type(d).__name__}")
+        try:
+            return cls.from_hf_dict(d, **overrides)
+        except ValueError as e:
+            with_overrides = f" (with overrides {', '.join(sorted(overrides))})" if overrides else ""
+            raise ValueError(f"{path}{with_overrides}: {e}") from None
 
 
 _JAX_ONLY = frozenset({"dtype", "param_dtype", "scan_layers", "remat_policy"})

@@ -128,6 +128,10 @@ class AlbertTokenizer:
             )
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model file not found: {str(path)!r}")
+        if path.stat().st_size >= 1 << 31:  # protobuf's limit: this is not a SentencePiece model
+            raise ValueError(
+                f"{str(path)!r} is {path.stat().st_size} bytes, too large for a SentencePiece model"
+            )
         self.model_file = str(path)
         self.do_lower_case = bool(do_lower_case)
         self.remove_space = bool(remove_space)
@@ -137,13 +141,26 @@ class AlbertTokenizer:
     # ----------------------------------------------------------------------------- set-up
 
     def _load(self, model_bytes: bytes) -> None:
+        # sentencepiece 0.2 validates the ModelProto itself (a RuntimeError, no abort: the hostile-file
+        # fuzz test checks that in a subprocess), but leaves pieces that are not UTF-8 to fail later.
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(model_bytes)
         except RuntimeError as e:
-            raise ValueError(f"{self.model_file!r} is not a SentencePiece model ({e})") from None
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "ParseFromArray" in reason:
+                reason = "truncated, or not a serialized ModelProto"
+            raise ValueError(
+                f"{self.model_file!r} is not a SentencePiece model ({reason.removeprefix('INTERNAL: ')})"
+            ) from None
         self._model_bytes = model_bytes
         self._sp = sp
+        try:
+            sp.IdToPiece(list(range(sp.get_piece_size())))
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"SentencePiece model {self.model_file!r} has a piece that is not UTF-8"
+            ) from None
         self._special_ids = self._read_special_ids()
         self._special_id_set = frozenset(self._special_ids.values())
         self._comma_known = sp.PieceToId(",") != sp.unk_id()
