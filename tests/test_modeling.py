@@ -327,6 +327,46 @@ def test_dropout_only_when_not_deterministic():
     assert not np.allclose(run(False, 0), run(True))
 
 
+def _dropout_runs(module, params, inputs, field):
+    """`field` of a training-mode forward pass (deterministic=False), one call per dropout key."""
+    forward = jax.jit(
+        lambda p, key: getattr(
+            module.apply({"params": p}, **inputs, deterministic=False, rngs={"dropout": key}), field
+        )
+    )
+    return [np.asarray(forward(params, jax.random.key(seed))) for seed in range(4)]
+
+
+def test_sop_head_has_no_dropout():
+    """The original applies cls/seq_relationship straight to the pooled output (HF adds a dropout)."""
+    config = AlbertConfig(**TINY, classifier_dropout_prob=0.5)  # v2-style: the encoder has no dropout
+    module = modeling.AlbertForPreTraining(config)
+    params = init(module, 5)
+    inputs = {k: jnp.asarray(v) for k, v in batch(config, (3, 10)).items()}
+    runs = _dropout_runs(module, params, inputs, "sop_logits")
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    eval_mode = module.apply({"params": params}, **inputs).sop_logits  # eager: equal up to XLA's fusion
+    np.testing.assert_allclose(runs[0], np.asarray(eval_mode), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "head,shape",
+    [
+        ("AlbertForSequenceClassification", (3, 10)),
+        ("AlbertForTokenClassification", (3, 10)),
+        ("AlbertForMultipleChoice", (2, 3, 10)),
+    ],
+)
+def test_finetuning_heads_keep_classifier_dropout(head, shape):
+    config = AlbertConfig(**TINY, classifier_dropout_prob=0.5)
+    module = modeling.HEADS[head](config)
+    params = init(module, 6)
+    inputs = {k: jnp.asarray(v) for k, v in batch(config, shape).items()}
+    runs = _dropout_runs(module, params, inputs, "logits")
+    assert all(not np.allclose(run, runs[0]) for run in runs[1:])
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
