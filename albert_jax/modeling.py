@@ -85,7 +85,12 @@ class QuestionAnsweringOutput:
 
 
 def _init(config: AlbertConfig, axes: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+    """The original's `tf.truncated_normal_initializer(initializer_range)`: normal(0, initializer_range)
+    redrawn outside ±2 standard deviations, so std ≈ 0.88 × initializer_range (`stddev` is the
+    untruncated one, as in TF). HF draws a plain normal; weights loaded from HF are unaffected."""
+    return nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(config.initializer_range, lower=-2.0, upper=2.0), axes
+    )
 
 
 def _dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
