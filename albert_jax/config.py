@@ -158,8 +158,14 @@ class AlbertConfig:
     # --- presets --------------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "AlbertConfig":
-        """`base`, `large`, `xlarge`, `xxlarge`, optionally suffixed `-v1`/`-v2` (default v2)."""
+    def from_preset(cls, name: str, *, for_pretraining: bool = False, **overrides: Any) -> "AlbertConfig":
+        """`base`, `large`, `xlarge`, `xxlarge`, optionally suffixed `-v1`/`-v2` (default v2).
+
+        By default a preset equals the published config.json of its checkpoint (`albert-base-v2`, …),
+        field by field, so that it describes those weights as HF loads them. `for_pretraining=True`
+        gives the model as google-research/albert trains it, for pretraining from scratch: the same
+        except for the `-v1` activation, the original's tanh GELU (see `V1_PUBLISHED_ACT`).
+        """
         size, _, version = name.partition("-")
         version = version or "v2"
         if size not in PRESETS or version not in ("v1", "v2"):
@@ -168,8 +174,12 @@ class AlbertConfig:
             )
         values = dict(PRESETS[size])
         if version == "v1":
-            # Published v1 checkpoints use exact GELU and dropout 0.1; v2 turned dropout off and uses gelu_new.
-            values.update(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+            dropout = V1_DROPOUT[size]
+            values.update(
+                hidden_act=ORIGINAL_GELU if for_pretraining else V1_PUBLISHED_ACT,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+            )
         return cls(**{**values, **overrides})
 
     # --- HF config.json ------------------------------------------------------------------------
@@ -242,10 +252,21 @@ class AlbertConfig:
 
 _JAX_ONLY = frozenset({"dtype", "param_dtype", "scan_layers", "remat_policy"})
 
-# Published shapes (Lan et al., 2019, Table 1; HF albert-*-v2 config.json).
+# Published shapes (Lan et al., 2019, Table 1; HF albert-*-v1/-v2 config.json). The v2 checkpoints use the
+# class defaults otherwise: gelu_new (the tanh approximation, as the original's `gelu`) and no dropout.
 PRESETS: dict[str, dict[str, Any]] = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "xlarge": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
     "xxlarge": dict(hidden_size=4096, num_hidden_layers=12, num_attention_heads=64, intermediate_size=16384),
 }
+# v1 hidden and attention dropout. xxlarge-v1 was trained without dropout: its published config has 0, as do
+# the defaults of the original AlbertConfig (which describe xxlarge).
+V1_DROPOUT: dict[str, float] = {"base": 0.1, "large": 0.1, "xlarge": 0.1, "xxlarge": 0.0}
+# The original's `gelu` (google-research/albert modeling.py) is the tanh approximation, HF's "gelu_new".
+ORIGINAL_GELU = "gelu_new"
+# The published v1 config.json files say "gelu", which HF maps to the exact erf GELU: a mislabel, since the
+# v1 checkpoints were trained with the original's tanh GELU. The `-v1` presets keep the published label (a
+# preset equals its checkpoint's config.json, and loaded checkpoints follow their config.json, for HF parity);
+# `from_preset(..., for_pretraining=True)` uses ORIGINAL_GELU.
+V1_PUBLISHED_ACT = "gelu"

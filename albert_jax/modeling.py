@@ -85,7 +85,12 @@ class QuestionAnsweringOutput:
 
 
 def _init(config: AlbertConfig, axes: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+    """The original's `tf.truncated_normal_initializer(initializer_range)`: normal(0, initializer_range)
+    redrawn outside ±2 standard deviations, so std ≈ 0.88 × initializer_range (`stddev` is the
+    untruncated one, as in TF). HF draws a plain normal; weights loaded from HF are unaffected."""
+    return nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(config.initializer_range, lower=-2.0, upper=2.0), axes
+    )
 
 
 def _dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
@@ -422,14 +427,18 @@ def _classify(
 
 
 class AlbertSOPHead(nn.Module):
-    """Sentence-order prediction on the pooled output (HF's `sop_classifier`)."""
+    """Sentence-order prediction on the pooled output (HF's `sop_classifier`), without dropout.
+
+    The original applies `cls/seq_relationship` straight to the pooled output. HF's module adds a
+    `classifier_dropout_prob` dropout (the only dropout left in v2 pretraining); in eval mode both agree.
+    """
 
     config: AlbertConfig
 
     @nn.compact
-    def __call__(self, pooled: Array, deterministic: bool) -> Array:
+    def __call__(self, pooled: Array) -> Array:
         cfg = self.config
-        return _classify(cfg, pooled, cfg.num_labels, cfg.classifier_dropout_prob, deterministic)
+        return _dense(cfg, cfg.num_labels, ("hidden", None), "classifier")(pooled).astype(jnp.float32)
 
 
 def _classifier_dropout(cfg: AlbertConfig) -> float:
@@ -482,7 +491,7 @@ class AlbertForPreTraining(_AlbertWithHead):
             x = jnp.take_along_axis(x, jnp.asarray(masked_lm_positions)[..., None], axis=1)  # 'BTH,BP->BPH'
         return {
             "prediction_logits": AlbertMLMHead(self.config, name="predictions")(x, albert.word_embeddings()),
-            "sop_logits": AlbertSOPHead(self.config, name="sop_classifier")(out.pooler_output, deterministic),
+            "sop_logits": AlbertSOPHead(self.config, name="sop_classifier")(out.pooler_output),
         }
 
 

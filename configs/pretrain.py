@@ -5,8 +5,12 @@
       --config.data.dataset=wikipedia --config.data.dataset_config=20231101.en \
       --config.data.tokenizer=/path/to/spiece.model --config.mesh.fsdp=8
 
-`tiny` runs in minutes on 2 CPU cores on the embedded corpus; `base` … `xxlarge` are the paper's
-settings (Lan et al., 2019, §4.1): seq 512, batch 4096, 125k steps, LAMB lr 0.00176, warmup 3125.
+`tiny` runs in minutes on 2 CPU cores on the embedded corpus. The others use the paper's recipe
+(Lan et al., 2019, §4.1): seq 512, batch 4096, 125k steps, LAMB lr 0.00176, warmup 3125, with
+  `base` … `xxlarge`: the v2 model configs (no dropout). This mixes the two releases: v2 was
+    trained for 3M steps (10M for base) on more data; 125k steps is the v1 paper's recipe.
+  `base-v1` … `xxlarge-v1`: the v1 recipe, the paper's: v1 model configs (dropout 0.1, none for
+    xxlarge) with the original's tanh GELU (see AlbertConfig.from_preset's for_pretraining).
 """
 
 import ml_collections
@@ -38,8 +42,8 @@ SIZES = {
         eval_batch_size=32,
     ),
     **{
-        size: dict(
-            model=dict(preset=size),
+        name: dict(
+            model=dict(preset=name, for_pretraining=True),
             seq_len=512,
             batch_size=4096,
             total_steps=125_000,
@@ -53,6 +57,7 @@ SIZES = {
             eval_batch_size=512,
         )
         for size in ("base", "large", "xlarge", "xxlarge")
+        for name in (size, f"{size}-v1")
     },
 }
 

@@ -10,6 +10,7 @@ import pytest
 
 from albert_jax.data.pretraining import (
     PretrainDataConfig,
+    TokenInfo,
     TokenizedCorpus,
     create_masked_lm_predictions,
     is_start_piece,
@@ -241,7 +242,8 @@ def test_ngram_lengths_6_3_2(corpus, examples):
         ids = _unmasked(_row(stacked, i))[: stacked["attention_mask"][i].sum()]
         out = create_masked_lm_predictions(ids, CFG, corpus.token_info, np.random.default_rng(i))
         masked += np.bincount(out.ngram_lengths, minlength=CFG.max_ngram + 1)
-        drawn += np.bincount(out.drawn_ngram_lengths, minlength=CFG.max_ngram + 1)
+        full = [n for left, n in out.drawn_ngrams if left >= CFG.max_ngram]  # away from the end
+        drawn += np.bincount(full, minlength=CFG.max_ngram + 1)
         assert sum(out.ngram_lengths) <= len(out.positions)  # every word has at least one token
     expected = np.array([6, 3, 2]) / 11
     drawn_frac = drawn[1:] / drawn[1:].sum()
@@ -250,6 +252,36 @@ def test_ngram_lengths_6_3_2(corpus, examples):
     masked_frac = masked[1:] / masked[1:].sum()
     assert masked_frac[0] > masked_frac[1] > masked_frac[2]
     assert np.abs(masked_frac - expected).max() < 0.12, masked_frac
+
+
+def test_ngram_length_near_the_end_is_cut_not_reweighted():
+    """n is drawn 6:3:2 at every word and the n-gram then cut at the last word, as the original's
+    ``cand_indexes[w:w + n]`` is; so P(n-gram of k words) with w words left is
+
+      w >= 3: 1, 2, 3 words with 6/11, 3/11, 2/11 = 0.545, 0.273, 0.182
+      w == 2: 1, 2 words with 6/11, 5/11 = 0.545, 0.455   (re-weighting over 2 words gave 2/3, 1/3)
+      w == 1: 1 word always.
+
+    Sequences of 5 one-token words with a budget of 5 visit most words, so every position gets 13k
+    to 15k draws; each frequency must be within 5 standard errors (about 0.02) of the above.
+    """
+    vocab = 20
+    info = TokenInfo(vocab, 0, 1, 2, 3, 4, start_piece=np.ones(vocab, bool))  # every token is a word
+    cfg = PretrainDataConfig(seq_len=16, masked_lm_prob=1.0, max_predictions=5, max_ngram=3)
+    ids = np.array([2, 10, 11, 3, 12, 13, 14, 3])  # [CLS] A [SEP] B [SEP]: 5 words, numbered across [SEP]
+    rng = np.random.default_rng(0)
+    counts = np.zeros((6, 4))  # [words left, n]
+    for _ in range(15_000):
+        for left, n in create_masked_lm_predictions(ids, cfg, info, rng).drawn_ngrams:
+            counts[left, n] += 1
+    full = np.array([6, 3, 2]) / 11
+    expected = {5: full, 4: full, 3: full, 2: np.array([6, 5, 0]) / 11, 1: np.array([1.0, 0, 0])}
+    for left, p in expected.items():
+        total = counts[left].sum()
+        assert total > 12_000, (left, total)
+        freq = counts[left, 1:] / total
+        tolerance = 5 * np.sqrt(p * (1 - p) / total)
+        assert np.all(np.abs(freq - p) <= tolerance), (left, freq, p)
 
 
 def test_masks_whole_words(corpus, examples):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -325,6 +326,71 @@ def test_dropout_only_when_not_deterministic():
     np.testing.assert_array_equal(run(False, 0), run(False, 0))
     assert not np.allclose(run(False, 0), run(False, 1))
     assert not np.allclose(run(False, 0), run(True))
+
+
+def _dropout_runs(module, params, inputs, field):
+    """`field` of a training-mode forward pass (deterministic=False), one call per dropout key."""
+    forward = jax.jit(
+        lambda p, key: getattr(
+            module.apply({"params": p}, **inputs, deterministic=False, rngs={"dropout": key}), field
+        )
+    )
+    return [np.asarray(forward(params, jax.random.key(seed))) for seed in range(4)]
+
+
+def test_sop_head_has_no_dropout():
+    """The original applies cls/seq_relationship straight to the pooled output (HF adds a dropout)."""
+    config = AlbertConfig(**TINY, classifier_dropout_prob=0.5)  # v2-style: the encoder has no dropout
+    module = modeling.AlbertForPreTraining(config)
+    params = init(module, 5)
+    inputs = {k: jnp.asarray(v) for k, v in batch(config, (3, 10)).items()}
+    runs = _dropout_runs(module, params, inputs, "sop_logits")
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    eval_mode = module.apply({"params": params}, **inputs).sop_logits  # eager: equal up to XLA's fusion
+    np.testing.assert_allclose(runs[0], np.asarray(eval_mode), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "head,shape",
+    [
+        ("AlbertForSequenceClassification", (3, 10)),
+        ("AlbertForTokenClassification", (3, 10)),
+        ("AlbertForMultipleChoice", (2, 3, 10)),
+    ],
+)
+def test_finetuning_heads_keep_classifier_dropout(head, shape):
+    config = AlbertConfig(**TINY, classifier_dropout_prob=0.5)
+    module = modeling.HEADS[head](config)
+    params = init(module, 6)
+    inputs = {k: jnp.asarray(v) for k, v in batch(config, shape).items()}
+    runs = _dropout_runs(module, params, inputs, "logits")
+    assert all(not np.allclose(run, runs[0]) for run in runs[1:])
+
+
+def test_fresh_init_is_the_original_truncated_normal():
+    """Weights are drawn as TF's truncated_normal_initializer(0.02): normal(0, 0.02) cut at ±2σ.
+
+    The cut normal has std 0.02 * sqrt(1 - 2·2·φ(2) / (2Φ(2) - 1)) = 0.02 * 0.87962 = 0.017592. Over the
+    ~11k weights of the tiny model the sample std has a standard error of about 1e-4 (7e-5 with the cut
+    normal's kurtosis); a plain normal(0.02) would be 24 of them away.
+    """
+    config = AlbertConfig(**TINY)
+    params = nn.unbox(modeling.init_params(modeling.AlbertForPreTraining(config), jax.random.key(0)))
+    flat = traverse_util.flatten_dict(params)
+    weights = np.concatenate(
+        [np.ravel(v) for path, v in flat.items() if path[-1] in ("kernel", "embedding")]
+    ).astype(np.float64)
+    n = weights.size
+    assert n > 10_000
+    phi2 = np.exp(-2.0) / np.sqrt(2 * np.pi)
+    expected_std = 0.02 * np.sqrt(1 - 4 * phi2 / math.erf(2 / np.sqrt(2)))
+    assert abs(expected_std - 0.017592) < 1e-6
+    standard_error = expected_std / np.sqrt(2 * n)
+    assert abs(weights.std() - expected_std) < 5 * standard_error, (weights.std(), expected_std)
+    assert abs(weights.mean()) < 5 * expected_std / np.sqrt(n)
+    assert np.abs(weights).max() <= 2 * 0.02  # nothing beyond the cut
+    assert np.abs(weights).max() > 1.9 * 0.02  # but right up to it: a truncated normal, not a narrower one
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -208,7 +208,8 @@ class MaskedLmPredictions(NamedTuple):
     positions: np.ndarray  # [k] int32, ascending
     labels: np.ndarray  # [k] int32, the original ids at ``positions``
     ngram_lengths: list[int]  # n (in words) of every masked n-gram, after shortening
-    drawn_ngram_lengths: list[int]  # n as drawn (P(n) ~ 1/n) at words with max_ngram words left
+    # (words left from the visited word to the end, n as drawn and cut at the end) for every visited word
+    drawn_ngrams: list[tuple[int, int]]
 
 
 def create_masked_lm_predictions(
@@ -220,15 +221,17 @@ def create_masked_lm_predictions(
     """ALBERT's whole-word n-gram masking of an unpadded ``[CLS] A [SEP] B [SEP]`` sequence.
 
     Candidate words are runs of non-special tokens starting at a start piece. Words are visited
-    in random order; each picks n in [1, max_ngram] with P(n) ~ 1/n (limited by the words left),
-    shortens n while the n-gram would exceed the budget, and is skipped if it overlaps an earlier
-    n-gram. The budget is ``min(max_predictions, max(1, round(len * masked_lm_prob)))``. Each
-    chosen token becomes [MASK] with p=0.8, stays with p=0.1, or becomes a random token.
+    in random order; each draws n in [1, max_ngram] with P(n) ~ 1/n, cuts the n-gram at the last
+    word (as the original's slice ``cand_indexes[w:w + n]`` does), shortens it while it would
+    exceed the budget, and is skipped if it overlaps an earlier n-gram. The budget is
+    ``min(max_predictions, max(1, round(len * masked_lm_prob)))``. Each chosen token becomes
+    [MASK] with p=0.8, stays with p=0.1, or becomes a random token.
 
-    The drawn n follow P(n) ~ 1/n (6:3:2 for max_ngram=3). The masked n-grams are shorter on
-    average, as in the original: n-grams are shortened to fit the remaining budget, and longer
-    ones more often overlap earlier n-grams and are skipped (about 0.63 : 0.25 : 0.12 at seq 512
-    with max_predictions 20).
+    The drawn n follow P(n) ~ 1/n (6:3:2 for max_ngram=3) at every word; after the cut, the
+    second-to-last word gets 1 or 2 words in the ratio 6:5 and the last word 1. The masked
+    n-grams are shorter on average, as in the original: n-grams are shortened to fit the remaining
+    budget, and longer ones more often overlap earlier n-grams and are skipped (about
+    0.63 : 0.25 : 0.12 at seq 512 with max_predictions 20).
     """
     ids = np.asarray(input_ids)
     output = ids.copy()
@@ -244,19 +247,20 @@ def create_masked_lm_predictions(
     num_words = len(word_offsets) - 1
 
     pvals = 1.0 / np.arange(1, cfg.max_ngram + 1)
-    cum_p = [np.cumsum(pvals[:m]) / pvals[:m].sum() for m in range(1, cfg.max_ngram + 1)]
+    cum_p = np.cumsum(pvals) / pvals.sum()
 
     covered = np.zeros(num_words, dtype=bool)
     chosen_words: list[tuple[int, int]] = []
-    drawn: list[int] = []
+    drawn: list[tuple[int, int]] = []
     num_masked = 0
     for w in rng.permutation(num_words):
         if num_masked >= num_to_predict:
             break
-        m = min(cfg.max_ngram, num_words - w)
-        n = min(int(np.searchsorted(cum_p[m - 1], rng.random(), side="right")) + 1, m)
-        if m == cfg.max_ngram:
-            drawn.append(n)
+        # n from all of [1, max_ngram] wherever the word is, then cut at the last word: the original draws
+        # from the full distribution and slices cand_indexes[w:w + n] (no re-weighting over the words left).
+        n = min(int(np.searchsorted(cum_p, rng.random(), side="right")) + 1, cfg.max_ngram)
+        n = min(n, num_words - w)
+        drawn.append((num_words - w, n))
         size = word_offsets[w + n] - word_offsets[w]
         while num_masked + size > num_to_predict and n > 1:
             n -= 1
