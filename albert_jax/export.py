@@ -11,7 +11,6 @@ best evaluated checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -49,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("workdir")
     parser.add_argument("out")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--best", action="store_true", help="the best evaluated checkpoint of a fine-tuning run")
+    parser.add_argument(
+        "--best", action="store_true", help="the best evaluated checkpoint of a fine-tuning run"
+    )
     args = parser.parse_args(argv)
     try:
         export(args.workdir, args.out, args.step, args.best)

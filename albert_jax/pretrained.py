@@ -30,7 +30,9 @@ def load(
 ) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
     """(config, params for `head(config)`, tokenizer) from an HF directory or a run's WORKDIR."""
     if not init_from:
-        raise ValueError("init_from is empty: give an HF directory or a WORKDIR (or init_from=none on purpose)")
+        raise ValueError(
+            "init_from is empty: give an HF directory or a WORKDIR (or init_from=none on purpose)"
+        )
     if not os.path.exists(init_from):
         raise FileNotFoundError(
             f"init_from={init_from!r} does not exist; give an HF directory (config.json + weights + spiece.model) "
@@ -54,7 +56,9 @@ def load(
         config = AlbertConfig.from_json(os.path.join(init_from, "config.json"), **overrides)
         state_dict = hf.load_state_dict(init_from)
         if not os.path.isfile(os.path.join(init_from, "spiece.model")):
-            raise FileNotFoundError(f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)")
+            raise FileNotFoundError(
+                f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)"
+            )
         tokenizer = AlbertTokenizer.from_pretrained(init_from)
         log.info("init_from: HF checkpoint %s", init_from)
     else:

@@ -1,15 +1,15 @@
 """The run directory, named once. Pretraining and fine-tuning runs write the same layout:
 
-    WORKDIR/
-      config.json            the resolved experiment config
-      model_config.json      HF config.json of the model; `architectures` names the head class
-      spiece.model  tokenizer_config.json   the vocabulary (trained by the run, or a copy of the one used)
-      data.json              pretraining: corpus source and token cache
-      checkpoints/<step>/    orbax: train state + input-pipeline position (resume)
-      best/<step>/           fine-tuning: parameters at the best evaluation
-      metrics.jsonl  tensorboard/
-      eval_results.json  summary.json  predictions/   fine-tuning results
-      seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
+WORKDIR/
+  config.json            the resolved experiment config
+  model_config.json      HF config.json of the model; `architectures` names the head class
+  spiece.model  tokenizer_config.json   the vocabulary (trained by the run, or a copy of the one used)
+  data.json              pretraining: corpus source and token cache
+  checkpoints/<step>/    orbax: train state + input-pipeline position (resume)
+  best/<step>/           fine-tuning: parameters at the best evaluation
+  metrics.jsonl  tensorboard/
+  eval_results.json  summary.json  predictions/   fine-tuning results
+  seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
 """
 
 from __future__ import annotations

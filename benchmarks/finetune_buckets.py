@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/finetune_buckets.py [--data-dir ../shared/data/glue] [--task sst2] [--preset base]
-        [--max-seq-length 512] [--batch-size 32] [--steps 4]
+        [--max-seq-length 512] [--batch-size 8] [--steps 4]
 
 Reads the task's real training split, featurises it with the real tokenizer path (a vocabulary
 trained on the split), and times the real fine-tuning step (`trainer.make_train_step` with the task's
@@ -17,7 +17,9 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]  # our tokenize.py shadows stdlib
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
+]  # our tokenize.py shadows stdlib
 
 import argparse
 import tempfile
@@ -25,7 +27,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from albert_jax import sharding as sharding_lib
 from albert_jax.config import AlbertConfig
@@ -45,7 +46,7 @@ def main() -> None:
     p.add_argument("--task", default="sst2")
     p.add_argument("--preset", default="base")
     p.add_argument("--max-seq-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
     args = p.parse_args()
 
@@ -62,12 +63,20 @@ def main() -> None:
     rules = sharding_lib.DEFAULT_RULES
     sharding = sharding_lib.batch_sharding(mesh, rules)
     run_cfg = ml_collections.ConfigDict(
-        dict(optimizer="adamw", learning_rate=1e-5, total_steps=1000, warmup_steps=100, weight_decay=0.01, clip_norm=1.0)
+        dict(
+            optimizer="adamw",
+            learning_rate=1e-5,
+            total_steps=1000,
+            warmup_steps=100,
+            weight_decay=0.01,
+            clip_norm=1.0,
+        )
     )
     tx, schedule = trainer.make_tx(run_cfg)
     loss_fn, norm_fn = finetune.make_loss(task)
     step = jax.jit(
-        trainer.make_train_step(loss_fn, norm_fn, finetune._summarise, seed=0, schedule=schedule), donate_argnums=0
+        trainer.make_train_step(loss_fn, norm_fn, finetune._summarise, seed=0, schedule=schedule),
+        donate_argnums=0,
     )
     results = {}
     for name, buckets in (
@@ -77,7 +86,11 @@ def main() -> None:
         state, _ = trainer.create_train_state(
             lambda r: init_params(model, r, 8), model.apply, tx, mesh, rules, 0
         )
-        it = iter(finetuning_data.train_dataset(features.inputs, global_batch_size=args.batch_size, seed=0, buckets=buckets))
+        it = iter(
+            finetuning_data.train_dataset(
+                features.inputs, global_batch_size=args.batch_size, seed=0, buckets=buckets
+            )
+        )
         batches = [next(it) for _ in range(args.steps)]
         for length in sorted({b["input_ids"].shape[1] for b in batches}):  # compile every shape first
             warm = next(b for b in batches if b["input_ids"].shape[1] == length)
@@ -91,11 +104,15 @@ def main() -> None:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padded = sum(b["input_ids"].size for b in batches)
         results[name] = args.steps * args.batch_size / elapsed
-        print(f"{name:>26}: {results[name]:8.2f} examples/s, {1 - real / padded:.0%} of tokens are padding, "
-              f"lengths {sorted({b['input_ids'].shape[1] for b in batches})}")
+        print(
+            f"{name:>26}: {results[name]:8.2f} examples/s, {1 - real / padded:.0%} of tokens are padding, "
+            f"lengths {sorted({b['input_ids'].shape[1] for b in batches})}"
+        )
     ratio = results["length buckets"] / results["padded to max_seq_length"]
-    print(f"length buckets are {ratio:.1f}x faster ({args.task}, ALBERT-{args.preset}, max_seq_length "
-          f"{args.max_seq_length}, batch {args.batch_size}, {jax.devices()[0].platform})")
+    print(
+        f"length buckets are {ratio:.1f}x faster ({args.task}, ALBERT-{args.preset}, max_seq_length "
+        f"{args.max_seq_length}, batch {args.batch_size}, {jax.devices()[0].platform})"
+    )
 
 
 if __name__ == "__main__":

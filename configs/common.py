@@ -70,7 +70,9 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c = ml_collections.ConfigDict()
     c.task = task
     c.size = size
-    c.init_from = ""  # HF directory (config.json + weights + spiece.model) or a WORKDIR; "none" = from scratch
+    c.init_from = (
+        ""  # HF directory (config.json + weights + spiece.model) or a WORKDIR; "none" = from scratch
+    )
     c.data_dir = ""  # empty: datasets.load_dataset from the Hub
     c.seed = 0
     c.num_seeds = 1  # > 1: one run per seed in WORKDIR/seed_<k>, summary with mean ± std

@@ -29,7 +29,9 @@ def _inputs(n=37, t=64, seed=0, choices=None):
     }
 
 
-@pytest.mark.parametrize("max_len,expected", [(512, (64, 128, 256, 512)), (128, (16, 32, 64, 128)), (20, (8, 16, 20))])
+@pytest.mark.parametrize(
+    "max_len,expected", [(512, (64, 128, 256, 512)), (128, (16, 32, 64, 128)), (20, (8, 16, 20))]
+)
 def test_default_buckets(max_len, expected):
     assert finetuning.default_buckets(max_len) == expected
 
@@ -45,7 +47,11 @@ def test_train_batches_are_cut_to_a_bucket_that_keeps_every_token(choices):
         length = b["input_ids"].shape[-1]
         rows = b["labels"]
         real = finetuning.row_lengths({"attention_mask": inputs["attention_mask"][rows]}).max()
-        assert length in buckets and length >= real and (length == 16 or real > buckets[buckets.index(length) - 1])
+        assert (
+            length in buckets
+            and length >= real
+            and (length == 16 or real > buckets[buckets.index(length) - 1])
+        )
         np.testing.assert_array_equal(b["input_ids"], inputs["input_ids"][rows, ..., :length])
         seen.extend(rows.tolist())
     assert set(seen) == set(range(37))  # 160 rows drawn: more than four epochs of 37
@@ -68,7 +74,11 @@ def test_eval_batches_cover_every_row_once(processes):
     inputs = _inputs(n=21)
     got = []
     blocks = [
-        list(finetuning.eval_batches(inputs, global_batch_size=8, buckets=(16, 64), process_index=p, process_count=processes))
+        list(
+            finetuning.eval_batches(
+                inputs, global_batch_size=8, buckets=(16, 64), process_index=p, process_count=processes
+            )
+        )
         for p in range(processes)
     ]
     for parts in zip(*blocks):
@@ -80,8 +90,16 @@ def test_eval_batches_cover_every_row_once(processes):
 
 
 def test_predict_gives_one_row_per_example_equal_to_the_forward_pass():
-    cfg = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    cfg = AlbertConfig(
+        vocab_size=100,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     model = AlbertForSequenceClassification(cfg)
     params = nn.unbox(init_params(model, jax.random.key(0)))
     inputs = _inputs(n=21)
@@ -92,8 +110,14 @@ def test_predict_gives_one_row_per_example_equal_to_the_forward_pass():
     def predict_fn(p, batch):
         return {"logits": model.apply({"params": p}, batch["input_ids"], batch["attention_mask"]).logits}
 
-    out = trainer.predict(predict_fn, params, inputs, global_batch_size=8, buckets=(16, 32, 64),
-                          make_batch=functools.partial(make_global_batch, sharding=sharding))
+    out = trainer.predict(
+        predict_fn,
+        params,
+        inputs,
+        global_batch_size=8,
+        buckets=(16, 32, 64),
+        make_batch=functools.partial(make_global_batch, sharding=sharding),
+    )
     assert out["logits"].shape == (21, 3)
     direct = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"]).logits
     np.testing.assert_allclose(out["logits"], direct, atol=2e-5)  # bucketing never changes a prediction

@@ -110,7 +110,9 @@ def read_tsv(path):
 def test_real_glue_end_to_end_writes_every_output(tmp_path, hf_dir, task, task_dir, metrics):
     data_dir = glue_slice(tmp_path, task_dir, 64, 21)  # 21 dev rows: not a multiple of eval_batch_size
     workdir = str(tmp_path / "run")
-    summary = finetune.run(small(glue_configs.get_config(f"task={task}"), init_from=hf_dir, data_dir=data_dir), workdir)
+    summary = finetune.run(
+        small(glue_configs.get_config(f"task={task}"), init_from=hf_dir, data_dir=data_dir), workdir
+    )
     assert set(summary["best"]["metrics"]["dev"]) >= metrics
     results = json.load(open(os.path.join(workdir, "eval_results.json")))
     assert set(results) == {"dev"} and set(results["dev"]) >= metrics
@@ -163,15 +165,30 @@ def test_learns_sst2_slice_beyond_majority_class(tmp_path):
 def _squad_file(path, version):
     context = "The Grimm brothers collected tales in Kassel. " * 6 + "Jacob was born in 1785 in Hanau."
     qas = [
-        {"id": "q1", "question": "Where was Jacob born?", "answers": [{"text": "Hanau", "answer_start": context.index("Hanau")}]},
-        {"id": "q2", "question": "When was Jacob born?", "answers": [{"text": "1785", "answer_start": context.index("1785")}]},
-        {"id": "q3", "question": "Who collected tales?", "answers": [{"text": "The Grimm brothers", "answer_start": 0}]},
+        {
+            "id": "q1",
+            "question": "Where was Jacob born?",
+            "answers": [{"text": "Hanau", "answer_start": context.index("Hanau")}],
+        },
+        {
+            "id": "q2",
+            "question": "When was Jacob born?",
+            "answers": [{"text": "1785", "answer_start": context.index("1785")}],
+        },
+        {
+            "id": "q3",
+            "question": "Who collected tales?",
+            "answers": [{"text": "The Grimm brothers", "answer_start": 0}],
+        },
     ]
     if version == "2.0":
         for q in qas:
             q["is_impossible"] = False
         qas.append({"id": "q4", "question": "Who wrote Faust?", "answers": [], "is_impossible": True})
-    data = {"version": version, "data": [{"title": "Grimm", "paragraphs": [{"context": context, "qas": qas * 4}]}]}
+    data = {
+        "version": version,
+        "data": [{"title": "Grimm", "paragraphs": [{"context": context, "qas": qas * 4}]}],
+    }
     for i, q in enumerate(data["data"][0]["paragraphs"][0]["qas"]):
         data["data"][0]["paragraphs"][0]["qas"][i] = dict(q, id=f"{q['id']}-{i}")
     path.write_text(json.dumps(data))
@@ -233,9 +250,12 @@ def _cli(workdir, init, data_dir, **overrides):
         data_dir=data_dir,
     )
     settings.update(overrides)
-    return [sys.executable, os.path.join(REPO, "train.py"), "--config=configs/glue.py:task=rte", f"--workdir={workdir}"] + [
-        f"--config.{k}={v}" for k, v in settings.items()
-    ]
+    return [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        "--config=configs/glue.py:task=rte",
+        f"--workdir={workdir}",
+    ] + [f"--config.{k}={v}" for k, v in settings.items()]
 
 
 @pytest.fixture(scope="module")
@@ -248,25 +268,32 @@ def test_sigkill_then_rerun_gives_the_same_final_metrics(tmp_path, hf_dir, rte_f
     reference = str(tmp_path / "reference")
     subprocess.run(_cli(reference, hf_dir, rte_fixture_dir), check=True, cwd=REPO, capture_output=True)
     workdir = str(tmp_path / "killed")
-    proc = subprocess.Popen(_cli(workdir, hf_dir, rte_fixture_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(workdir, hf_dir, rte_fixture_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _wait_for_step(workdir, 6, proc)  # past the step-4 evaluation and checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = subprocess.run(_cli(workdir, hf_dir, rte_fixture_dir), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("eval_results.json", "best.json"):
-        assert json.load(open(os.path.join(workdir, name))) == json.load(open(os.path.join(reference, name))), name
+        assert json.load(open(os.path.join(workdir, name))) == json.load(
+            open(os.path.join(reference, name))
+        ), name
     ref = {m["step"]: m for m in read_metrics(reference) if "loss" in m}
     got = {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
     assert sorted(got) == sorted(ref) == list(range(1, 13))
     assert all(got[s]["loss"] == ref[s]["loss"] for s in ref)
-    assert open(os.path.join(workdir, "predictions", "dev.tsv")).read() == open(
-        os.path.join(reference, "predictions", "dev.tsv")
-    ).read()
+    assert (
+        open(os.path.join(workdir, "predictions", "dev.tsv")).read()
+        == open(os.path.join(reference, "predictions", "dev.tsv")).read()
+    )
 
 
 def test_num_seeds_reports_mean_and_std(tmp_path, hf_dir, rte_fixture_dir):
-    config = small(glue_configs.get_config("task=rte"), init_from=hf_dir, data_dir=rte_fixture_dir, num_seeds=2)
+    config = small(
+        glue_configs.get_config("task=rte"), init_from=hf_dir, data_dir=rte_fixture_dir, num_seeds=2
+    )
     summary = finetune.run(config, str(tmp_path / "run"))
     assert summary["seeds"] == [0, 1]
     acc = summary["best"]["dev"]["accuracy"]
@@ -278,7 +305,9 @@ def test_num_seeds_reports_mean_and_std(tmp_path, hf_dir, rte_fixture_dir):
     assert top["dev"]["accuracy"] == pytest.approx(acc["mean"])
 
 
-@pytest.mark.parametrize("task,head", [("rte", "AlbertForSequenceClassification"), ("stsb", "AlbertForSequenceClassification")])
+@pytest.mark.parametrize(
+    "task,head", [("rte", "AlbertForSequenceClassification"), ("stsb", "AlbertForSequenceClassification")]
+)
 def test_export_round_trip_matches_transformers(tmp_path, hf_dir, task, head, rte_fixture_dir):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -287,16 +316,25 @@ def test_export_round_trip_matches_transformers(tmp_path, hf_dir, task, head, rt
     from albert_jax.tokenizer import AlbertTokenizer
 
     workdir = str(tmp_path / "run")
-    finetune.run(small(glue_configs.get_config(f"task={task}"), init_from=hf_dir, data_dir=rte_fixture_dir), workdir)
+    finetune.run(
+        small(glue_configs.get_config(f"task={task}"), init_from=hf_dir, data_dir=rte_fixture_dir), workdir
+    )
     out = str(tmp_path / "hf")
     assert export_main([workdir, out, "--best"]) == 0
     hf, info = getattr(transformers, head).from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert hf.config.num_labels == (1 if task == "stsb" else 2)
     tok = AlbertTokenizer.from_pretrained(out)
-    enc = tok(["A man plays a guitar.", "Nobody is here"], ["A man plays music.", "The room is full."], padding=True, return_tensors="np")
+    enc = tok(
+        ["A man plays a guitar.", "Nobody is here"],
+        ["A man plays music.", "The room is full."],
+        padding=True,
+        return_tensors="np",
+    )
     model, params = from_pretrained(out, head)
-    ours = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits
+    ours = model.apply(
+        {"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    ).logits
     with torch.no_grad():
         theirs = hf.eval()(**{k: torch.tensor(v, dtype=torch.long) for k, v in enc.items()}).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -312,7 +350,10 @@ def test_export_round_trip_matches_transformers(tmp_path, hf_dir, task, head, rt
 def finished_run(tmp_path_factory, hf_dir):
     tmp = tmp_path_factory.mktemp("finished")
     workdir = str(tmp / "run")
-    finetune.run(small(glue_configs.get_config("task=rte"), init_from=hf_dir, data_dir=os.path.join(FIXTURES, "glue")), workdir)
+    finetune.run(
+        small(glue_configs.get_config("task=rte"), init_from=hf_dir, data_dir=os.path.join(FIXTURES, "glue")),
+        workdir,
+    )
     return tmp, workdir
 
 
@@ -359,8 +400,14 @@ def test_bad_input_is_one_clear_line_and_destroys_nothing(finished_run, hf_dir, 
         config = arg
     else:
         extra = [arg]
-    args = [sys.executable, os.path.join(REPO, "train.py"), config, f"--workdir={workdir}",
-            f"--config.init_from={hf_dir}", "--config.max_seq_length=64"]
+    args = [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        config,
+        f"--workdir={workdir}",
+        f"--config.init_from={hf_dir}",
+        "--config.max_seq_length=64",
+    ]
     if "squad" not in case:
         args.append(f"--config.data_dir={data_dir}")
     before = _snapshot(workdir)

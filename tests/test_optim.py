@@ -277,7 +277,9 @@ def test_adamw_matches_albert_reference():
         g = _grads(rng, scale=10.0)
         updates, state = jax.jit(opt.update)(_nest(g), state, params)
         params = optax.apply_updates(params, updates)
-        ref_p, ref_m, ref_v = np_adamw_step(ref_p, np_clip(g, 1.0), ref_m, ref_v, albert_lr(step, peak, total, warmup))
+        ref_p, ref_m, ref_v = np_adamw_step(
+            ref_p, np_clip(g, 1.0), ref_m, ref_v, albert_lr(step, peak, total, warmup)
+        )
         _assert_tree_close(params, ref_p, rtol=2e-5, atol=1e-7)
     # The first real update (step 1, lr > 0) is ~3.16x bias-corrected Adam's on an undecayed leaf.
     g = {k: np.full(s, 0.3, np.float32) for k, (s, _, _) in LEAVES.items()}

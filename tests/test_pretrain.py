@@ -151,7 +151,10 @@ def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
     pretrain.run(small_config(tmp_path, init_from=fresh, **overrides), from_run)
     assert [m for m in read_metrics(from_run) if "loss" in m][0]["loss"] < ref[0]["loss"]
     # The model's shape and vocabulary come from init_from, whatever config.model says.
-    assert AlbertTokenizer.from_pretrained(from_run).fingerprint == AlbertTokenizer.from_pretrained(fresh).fingerprint
+    assert (
+        AlbertTokenizer.from_pretrained(from_run).fingerprint
+        == AlbertTokenizer.from_pretrained(fresh).fingerprint
+    )
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):

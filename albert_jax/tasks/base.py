@@ -101,7 +101,9 @@ class Task(abc.ABC):
         one per row unless a task overrides it (NER: its labelled tokens)."""
         return jnp.ones(batch["input_ids"].shape[0], jnp.float32)
 
-    def degenerate(self, outputs: dict[str, np.ndarray], split: str | None = None, *, features=None) -> str | None:
+    def degenerate(
+        self, outputs: dict[str, np.ndarray], split: str | None = None, *, features=None
+    ) -> str | None:
         """A one-line warning when the predictions collapsed (e.g. one class for every row), else None."""
         del outputs, split, features
         return None

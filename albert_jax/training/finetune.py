@@ -119,7 +119,9 @@ def _model_overrides(config: ml_collections.ConfigDict, task: Task) -> dict[str,
     )
 
 
-def load_model(config: ml_collections.ConfigDict, task: Task, seed: int) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
+def load_model(
+    config: ml_collections.ConfigDict, task: Task, seed: int
+) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
     """(model config, host params or None for a fresh init, tokenizer) from `config.init_from`."""
     overrides = _model_overrides(config, task)
     if config.init_from == "none":
@@ -157,7 +159,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
     if not config.length_buckets:
         buckets = finetuning_data.default_buckets(config.max_seq_length)
     if buckets[0] < 1 or buckets[-1] != config.max_seq_length:
-        raise ValueError(f"length_buckets must lie in [1, max_seq_length={config.max_seq_length}], got {buckets}")
+        raise ValueError(
+            f"length_buckets must lie in [1, max_seq_length={config.max_seq_length}], got {buckets}"
+        )
     splits = [_read_split(task, name, role, tokenizer, config) for name, role in task.splits().items()]
     if task.name == "mnli" and config.data_dir:
         splits += _ax_split(config, tokenizer)
@@ -207,7 +211,9 @@ class Evaluator:
         results, outputs = {}, {}
         for split in self.setup.of_role("eval"):
             outputs[split.name] = self.predict(state.params, split)
-            results[split.name] = task.evaluate(split.name, split.examples, split.features, outputs[split.name], None)
+            results[split.name] = task.evaluate(
+                split.name, split.examples, split.features, outputs[split.name], None
+            )
             warning = task.degenerate(outputs[split.name], split.name, features=split.features)
             if warning:
                 log.warning("step %d: %s", step, warning)
@@ -220,7 +226,9 @@ class Evaluator:
         return {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()}
 
     def _keep_best(self, state, step: int, value: float, results, outputs) -> None:
-        best = Checkpointer(workdir_lib.path(self.workdir, workdir_lib.BEST), every=1, keep=1, async_save=False)
+        best = Checkpointer(
+            workdir_lib.path(self.workdir, workdir_lib.BEST), every=1, keep=1, async_save=False
+        )
         try:
             best.save(step, {"params": state.params}, force=True)
         finally:
@@ -230,7 +238,9 @@ class Evaluator:
             out_dir = workdir_lib.path(self.workdir, workdir_lib.PREDICTIONS)
             os.makedirs(out_dir, exist_ok=True)
             for split in self.setup.of_role("eval"):
-                self.setup.task.evaluate(split.name, split.examples, split.features, outputs[split.name], out_dir)
+                self.setup.task.evaluate(
+                    split.name, split.examples, split.features, outputs[split.name], out_dir
+                )
             with open(self.best_path, "w") as f:
                 json.dump(self.best, f, indent=2)
 
@@ -292,7 +302,11 @@ def _mean_std(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
         out[split] = {}
         for metric in results[0][split]:
             values = [float(r[split][metric]) for r in results]
-            out[split][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+            out[split][metric] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)),
+                "values": values,
+            }
     return out
 
 
@@ -318,13 +332,15 @@ def run_seed(config, workdir: str, setup: FinetuneSetup, mesh, seed: int) -> dic
     log.info("model: %s parameters, head %s", f"{trainer.count_params(state.params):,}", head_cls.__name__)
 
     loss_fn, norm_fn = make_loss(task)
-    step_fn = jax.jit(
-        trainer.make_train_step(
-            loss_fn, norm_fn, _summarise, seed=seed, schedule=schedule, grad_accum_steps=config.grad_accum_steps
-        ),
-        in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, None),
-        donate_argnums=0,
+    step_fn = trainer.jit_train_step(
+        loss_fn,
+        norm_fn,
+        _summarise,
+        seed=seed,
+        schedule=schedule,
+        grad_accum_steps=config.grad_accum_steps,
+        state_sharding=state_sharding,
+        data_sharding=data_sharding,
     )
     make_batch = functools.partial(make_global_batch, sharding=data_sharding)
     predict_jit = jax.jit(
@@ -374,7 +390,9 @@ def run_seed(config, workdir: str, setup: FinetuneSetup, mesh, seed: int) -> dic
         "task": task.name,
         "seed": seed,
         "selection_metric": task.selection_metric,
-        "best": {"step": evaluator.best["step"], "metrics": evaluator.best["metrics"]} if evaluator.best else None,
+        "best": {"step": evaluator.best["step"], "metrics": evaluator.best["metrics"]}
+        if evaluator.best
+        else None,
         "last": evaluator.last,
         "degenerate": evaluator.warnings,
     }
@@ -415,11 +433,14 @@ def _print_summary(task: Task, summary: dict[str, Any]) -> None:
     for kind in ("best", "last"):
         entry = summary.get(kind) or {}
         if "step" in entry:  # one seed
-            line = ", ".join(f"{split} {metric} {m.get(metric, float('nan')):.4f}" for split, m in entry["metrics"].items())
+            line = ", ".join(
+                f"{split} {metric} {m.get(metric, float('nan')):.4f}" for split, m in entry["metrics"].items()
+            )
             print(f"{task.name} {kind} (step {entry['step']}): {line}")
         else:
             line = ", ".join(
-                f"{split} {metric} {m[metric]['mean']:.4f} ± {m[metric]['std']:.4f}" for split, m in entry.items()
+                f"{split} {metric} {m[metric]['mean']:.4f} ± {m[metric]['std']:.4f}"
+                for split, m in entry.items()
             )
             print(f"{task.name} {kind} over seeds {summary['seeds']}: {line}")
     for split, warning in (summary.get("degenerate") or {}).items():

@@ -41,7 +41,12 @@ Batch = dict[str, jax.Array]
 
 
 def pretraining_loss(
-    params: Any, apply_fn, batch: Batch, rng: jax.Array, norm: dict[str, jax.Array], deterministic: bool = False
+    params: Any,
+    apply_fn,
+    batch: Batch,
+    rng: jax.Array,
+    norm: dict[str, jax.Array],
+    deterministic: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MLM cross-entropy over masked positions (logits computed only there) plus SOP cross-entropy.
 
@@ -99,7 +104,12 @@ def train_step(
 ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
     """One MLM+SOP optimizer step on one global batch (the shared step with this module's loss)."""
     step = trainer.make_train_step(
-        pretraining_loss, loss_norm, _summarise, seed=seed, schedule=schedule, grad_accum_steps=grad_accum_steps
+        pretraining_loss,
+        loss_norm,
+        _summarise,
+        seed=seed,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
     )
     return step(state, batch)
 
@@ -218,7 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tx, schedule = trainer.make_tx(config)
     # Everything is validated: only now is WORKDIR written.
     if jax.process_index() == 0:
-        workdir_lib.write_run_files(workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer)
+        workdir_lib.write_run_files(
+            workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer
+        )
         with open(workdir_lib.path(workdir, workdir_lib.DATA), "w") as f:
             json.dump({"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}, f, indent=2)
     state, state_sharding = trainer.create_train_state(
@@ -243,18 +255,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             worker_count=config.data.worker_count,
         )
     )
-    step_fn = jax.jit(
-        trainer.make_train_step(
-            pretraining_loss,
-            loss_norm,
-            _summarise,
-            seed=config.seed,
-            schedule=schedule,
-            grad_accum_steps=config.grad_accum_steps,
-        ),
-        in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, None),
-        donate_argnums=0,
+    step_fn = trainer.jit_train_step(
+        pretraining_loss,
+        loss_norm,
+        _summarise,
+        seed=config.seed,
+        schedule=schedule,
+        grad_accum_steps=config.grad_accum_steps,
+        state_sharding=state_sharding,
+        data_sharding=data_sharding,
     )
     eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 

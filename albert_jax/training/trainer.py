@@ -96,7 +96,9 @@ def _check_same_tree(abstract: Any, params: Any) -> None:
     got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
     if want.keys() != got.keys():
         missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-        raise ValueError(f"loaded parameters do not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
+        raise ValueError(
+            f"loaded parameters do not match the model: missing {missing[:4]}, unexpected {extra[:4]}"
+        )
     for k, a in want.items():
         if tuple(np.shape(got[k])) != tuple(a.shape):
             raise ValueError(f"loaded parameter {k} has shape {np.shape(got[k])}, the model needs {a.shape}")
@@ -203,6 +205,28 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(
+    loss_fn: LossFn,
+    norm_fn: Callable[[Batch], Any],
+    summarise: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
+    *,
+    seed: int,
+    schedule: optax.Schedule,
+    grad_accum_steps: int,
+    state_sharding: Any,
+    data_sharding: Any,
+):
+    """`make_train_step`, jitted with the state's and batch's shardings and the state donated."""
+    return jax.jit(
+        make_train_step(
+            loss_fn, norm_fn, summarise, seed=seed, schedule=schedule, grad_accum_steps=grad_accum_steps
+        ),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, None),
+        donate_argnums=0,
+    )
 
 
 # --- metrics, preemption, throughput --------------------------------------------------------------
@@ -339,7 +363,9 @@ def fit(
     (state, step) -> metrics runs every `eval_every` steps and once at the end, unless the last step
     was just evaluated; its metrics go to metrics.jsonl as they are named.
     """
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints
+    )
     if ckpt.latest_step() is not None:
         state = ckpt.restore(abstract_like(state), train_iter)
         log.info("resumed from step %d", int(state.step))
