@@ -417,3 +417,19 @@ def test_bad_input_is_one_clear_line_and_destroys_nothing(finished_run, hf_dir, 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
     assert _snapshot(workdir) == before
+
+
+def test_mnli_scores_both_dev_sets_and_writes_glue_server_files(tmp_path, hf_dir):
+    """MNLI: dev_matched and dev_mismatched scored separately; test sets and AX (predicted by the MNLI
+    model) written in the GLUE server's format from the best checkpoint."""
+    workdir = str(tmp_path / "run")
+    config = small(glue_configs.get_config("task=mnli"), init_from=hf_dir, data_dir=os.path.join(FIXTURES, "glue"))
+    summary = finetune.run(config, workdir)
+    assert set(summary["best"]["metrics"]) == {"dev_matched", "dev_mismatched"}
+    predictions = os.path.join(workdir, "predictions")
+    for name in ("MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv", "test_matched.tsv", "dev_mismatched.tsv"):
+        rows = read_tsv(os.path.join(predictions, name))
+        assert rows[0] == ["index", "prediction"] and len(rows) > 1, name
+        assert {r[1] for r in rows[1:]} <= {"entailment", "neutral", "contradiction"}, name
+    ax = read_tsv(os.path.join(FIXTURES, "glue", "diagnostic", "diagnostic.tsv"))
+    assert len(read_tsv(os.path.join(predictions, "AX.tsv"))) == len(ax)  # one row per AX pair (+ headers)

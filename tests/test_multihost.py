@@ -51,3 +51,47 @@ def test_two_processes_match_one(tmp_path):
     # Each process saved its own iterator position.
     data_dir = os.path.join(multi, "checkpoints", "3", "data")
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_like_one(tmp_path):
+    """Fine-tuning on two processes: the same losses, the same metrics and one prediction per dev row
+    (3 rows, a padded eval batch split over both processes)."""
+    from test_finetune import FIXTURES, _cli, make_hf_dir
+
+    init = make_hf_dir(tmp_path / "hf")
+    data_dir = os.path.join(FIXTURES, "glue")
+    overrides = dict(total_steps=4, eval_every=2, checkpoint_every=2, batch_size=8, eval_batch_size=8)
+    single = str(tmp_path / "single")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    subprocess.run(_cli(single, init, data_dir, **overrides), cwd=REPO, env=env, check=True, capture_output=True)
+
+    multi = str(tmp_path / "multi")
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [
+        subprocess.Popen(
+            _cli(multi, init, data_dir, **overrides)
+            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    a = [m for m in read_metrics(single) if "loss" in m]
+    b = [m for m in read_metrics(multi) if "loss" in m]
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=2e-4), x["step"]
+    for name in ("eval_results.json", "best.json"):
+        assert open(os.path.join(multi, name)).read() == open(os.path.join(single, name)).read()
+    for name in ("dev.tsv", "test.tsv", "RTE.tsv"):
+        rows = open(os.path.join(multi, "predictions", name)).read()
+        assert rows == open(os.path.join(single, "predictions", name)).read()
+        assert len(rows.splitlines()) == 4  # header + the split's 3 rows
