@@ -133,7 +133,8 @@ def test_real_glue_end_to_end_writes_every_output(tmp_path, hf_dir, task, task_d
 
 @needs_shared
 def test_learns_sst2_slice_beyond_majority_class(tmp_path):
-    """A tiny random-init model (vocabulary trained on the slice) on 4000 SST-2 sentences, 400 steps."""
+    """A tiny random-init model (vocabulary trained on the slice) on 4000 SST-2 sentences, 600 steps
+    (about 0.77 dev accuracy against a majority class of 0.58)."""
     data_dir = glue_slice(tmp_path, "SST-2", 4000, 600)
     texts = [r[0] for r in read_tsv(os.path.join(data_dir, "SST-2", "train.tsv"))[1:]]
     init = make_hf_dir(tmp_path / "hf", texts)
@@ -144,10 +145,11 @@ def test_learns_sst2_slice_beyond_majority_class(tmp_path):
         batch_size=32,
         eval_batch_size=64,
         length_buckets=(),
-        total_steps=400,
-        warmup_steps=40,
-        eval_every=200,
-        checkpoint_every=400,
+        total_steps=600,
+        warmup_steps=60,
+        learning_rate=5e-4,
+        eval_every=300,
+        checkpoint_every=600,
         log_every=50,
     )
     summary = finetune.run(config, str(tmp_path / "run"))
