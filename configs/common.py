@@ -95,7 +95,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.eval_every = 500  # and at the end; the best evaluation's checkpoint is kept in WORKDIR/best
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
-    c.progress_bar = True
+    c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
 
     # Used only with init_from=none (the shape otherwise comes from the checkpoint), except the
     # JAX-side dtype/param_dtype/scan_layers/remat_policy, which always apply.

@@ -94,7 +94,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.eval_batch_size = s["eval_batch_size"]
     c.checkpoint_every = s["checkpoint_every"]
     c.keep_checkpoints = 3
-    c.progress_bar = True
+    c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
 
     c.data = ml_collections.ConfigDict()
     c.data.files = ""  # glob(s), comma-separated; all sources empty = the embedded corpus

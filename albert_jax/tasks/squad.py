@@ -364,12 +364,14 @@ def convert_examples_to_features(
 class SquadPredictions:
     """`predictions` {id: text} (at the threshold), `nbest` {id: [{text, probability, start_logit,
     end_logit}]}, `null_odds` {id: float} (v2 only, else None) and `best_non_null` {id: the best
-    non-empty answer, "" if there is none}: what the threshold search needs."""
+    non-empty answer, "" if there is none}: what the threshold search needs. `spans` {id: (start, end)}:
+    the character span of `best_non_null` in the context (absent when there is none)."""
 
     predictions: dict[str, str]
     nbest: dict[str, list[dict[str, Any]]]
     null_odds: dict[str, float] | None
     best_non_null: dict[str, str]
+    spans: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def write(self, out_dir: str | os.PathLike) -> None:
         """predictions.json, nbest_predictions.json and (v2) null_odds.json in `out_dir`."""
@@ -423,17 +425,27 @@ def _nbest(
     candidates: list[tuple[float, float, int, int, int]],
     n_best_size: int,
 ) -> list[dict[str, Any]]:
-    """Candidates (start score, end score, row, start, end) → the n best distinct non-empty texts."""
+    """Candidates (start score, end score, row, start, end) → the n best distinct non-empty texts, with
+    their character span (`start_char`, `end_char`; `_finish` leaves those out of the n-best files)."""
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for s_score, e_score, row, start, end in sorted(candidates, key=lambda c: c[0] + c[1], reverse=True):
         if len(out) >= n_best_size:
             break
-        text = context[meta.offsets[row, start, 0] : meta.offsets[row, end, 1]]
+        start_char, end_char = int(meta.offsets[row, start, 0]), int(meta.offsets[row, end, 1])
+        text = context[start_char:end_char]
         if not text.strip() or text in seen:  # a span of zero-width tokens has no text
             continue
         seen.add(text)
-        out.append({"text": text, "start_logit": float(s_score), "end_logit": float(e_score)})
+        out.append(
+            {
+                "text": text,
+                "start_logit": float(s_score),
+                "end_logit": float(e_score),
+                "start_char": start_char,
+                "end_char": end_char,
+            }
+        )
     return out
 
 
@@ -466,7 +478,7 @@ def postprocess_default(
     null_odds > null_score_diff_threshold.
     """
     start_logits, end_logits = np.asarray(start_logits, np.float32), np.asarray(end_logits, np.float32)
-    preds, nbest_json, null_odds, non_null = {}, {}, {}, {}
+    preds, nbest_json, null_odds, non_null, spans = {}, {}, {}, {}, {}
     for ex, rows in zip(examples, _features_by_example(meta, len(examples))):
         candidates = []
         null = None  # (score, start logit, end logit) of the window with the min null score
@@ -484,6 +496,8 @@ def postprocess_default(
         best = entries[0] if entries else None
         best_score = best["start_logit"] + best["end_logit"] if best else _NO_SPAN_SCORE
         non_null[ex.qas_id] = best["text"] if best else ""
+        if best:
+            spans[ex.qas_id] = (best["start_char"], best["end_char"])
         if version_2 and null is not None:
             null_entry = {"text": "", "start_logit": null[1], "end_logit": null[2]}
             entries = sorted(
@@ -499,7 +513,7 @@ def postprocess_default(
         else:
             preds[ex.qas_id] = best["text"] if best else ""
         nbest_json[ex.qas_id] = _finish(entries)
-    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null)
+    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null, spans)
 
 
 def postprocess_albert_v2(
@@ -525,7 +539,7 @@ def postprocess_albert_v2(
     e_lp = np.asarray(outputs["end_top_log_probs"], np.float32)
     e_idx = np.asarray(outputs["end_top_index"])
     cls = np.asarray(outputs["cls_logits"], np.float32)
-    preds, nbest_json, null_odds, non_null = {}, {}, {}, {}
+    preds, nbest_json, null_odds, non_null, spans = {}, {}, {}, {}, {}
     for ex, rows in zip(examples, _features_by_example(meta, len(examples))):
         candidates = []
         for row in rows:
@@ -536,13 +550,15 @@ def postprocess_albert_v2(
         entries = _nbest(ex.context, meta, candidates, n_best_size)
         best = entries[0]["text"] if entries else ""
         non_null[ex.qas_id] = best
+        if entries:
+            spans[ex.qas_id] = (entries[0]["start_char"], entries[0]["end_char"])
         if version_2 and rows:
             null_odds[ex.qas_id] = float(cls[rows].min())
             preds[ex.qas_id] = "" if null_odds[ex.qas_id] > null_score_threshold else best
         else:
             preds[ex.qas_id] = best
         nbest_json[ex.qas_id] = _finish(entries)
-    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null)
+    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null, spans)
 
 
 # --- official metrics ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from albert_jax import pretrained
+from albert_jax import inference, pretrained
 from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
 from albert_jax.config import AlbertConfig
@@ -316,19 +316,6 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
     return out
 
 
-def fill_mask(model: AlbertForPreTraining, params, tokenizer: AlbertTokenizer, text: str, top_k: int = 5):
-    """Top-k predictions for each [MASK] in `text`: a list (one per mask) of (piece, probability)."""
-    enc = tokenizer(text, return_tensors="np")
-    out = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
-    probs = jax.nn.softmax(out.prediction_logits[0], axis=-1)
-    positions = np.flatnonzero(enc["input_ids"][0] == tokenizer.mask_token_id)
-    result = []
-    for p in positions:
-        top = np.argsort(-np.asarray(probs[p]))[:top_k]
-        result.append([(tokenizer.convert_ids_to_tokens([int(i)])[0], float(probs[p, i])) for i in top])
-    return result
-
-
 def _fill_mask_example(setup: PretrainSetup) -> str:
     """A held-out sentence with one whole word masked."""
     for d in setup.corpus.document_split(setup.data_config.eval_fraction)[1][:50]:
@@ -350,7 +337,7 @@ def _print_summary(final_eval, model, params, setup: PretrainSetup) -> None:
     )
     text = _fill_mask_example(setup)
     try:
-        preds = fill_mask(model, params, setup.tokenizer, text)
+        preds = inference.fill_mask(model, params, setup.tokenizer, text)
     except ValueError as e:  # e.g. the example is longer than the model's positions
         print(f"fill-mask skipped: {e}")
         return

@@ -311,6 +311,56 @@ class Preemption:
             signal.signal(sig, handler)
 
 
+def format_progress(step: int, total: int, loss: float, tokens_per_sec: float, eta_seconds: float) -> str:
+    """One log-file line: `step 120/600 loss 5.432 tokens/s 12345 eta 3m20s`."""
+    return f"step {step}/{total} loss {loss:.3f} tokens/s {tokens_per_sec:.0f} eta {_duration(eta_seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds)) if math.isfinite(seconds) else 0
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class Progress:
+    """The loop's console view on process 0: tqdm's bar in a terminal; when the stream is not a terminal
+    (a log file, a pipe) one `format_progress` line per logged step instead, since a redrawn bar turns
+    into one long line of carriage returns there. `enabled=False` shows nothing."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool, stream: Any = None):
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.initial, self.started = total, initial, time.perf_counter()
+        self.plain = enabled and not getattr(self.stream, "isatty", lambda: False)()
+        self.bar = tqdm.tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            disable=not enabled or self.plain,
+            dynamic_ncols=True,
+            file=self.stream,
+        )
+
+    def update(self) -> None:
+        self.bar.update(1)
+
+    def logged(self, step: int, metrics: dict[str, float]) -> None:
+        """Shows one logged step's loss and throughput; plain lines add the time left at the average
+        pace of this session (evaluations and checkpoints included)."""
+        if self.plain:
+            done = max(step - self.initial, 1)
+            eta = (time.perf_counter() - self.started) / done * (self.total - step)
+            line = format_progress(step, self.total, metrics["loss"], metrics["tokens_per_sec"], eta)
+            print(line, file=self.stream, flush=True)
+        else:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Throughput:
     """Wall-clock rates over the interval between two log points."""
 
@@ -361,7 +411,8 @@ def fit(
     keep_checkpoints, max_consecutive_nonfinite, progress_bar. `train_iter` is a checkpointable grain
     iterator of process-local batches; `make_batch` turns one into global device arrays. `evaluate`
     (state, step) -> metrics runs every `eval_every` steps and once at the end, unless the last step
-    was just evaluated; its metrics go to metrics.jsonl as they are named.
+    was just evaluated; its metrics go to metrics.jsonl as they are named. With `progress_bar`, process 0
+    shows tqdm's bar when stderr is a terminal, else a `format_progress` line every `log_every` steps.
     """
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints
@@ -379,13 +430,8 @@ def fit(
         batch = make_batch(next(train_iter)) if start < config.total_steps else None
         flops = compiled_flops(step_fn.lower(state, batch).compile()) if batch is not None else None
         throughput = Throughput()
-        bar = tqdm.tqdm(
-            total=config.total_steps,
-            initial=start,
-            desc=desc,
-            disable=jax.process_index() != 0 or not config.progress_bar,
-            dynamic_ncols=True,
-            file=sys.stderr,
+        progress = Progress(
+            config.total_steps, start, desc, enabled=jax.process_index() == 0 and config.progress_bar
         )
         pending = None
         last_saved = start
@@ -396,7 +442,7 @@ def fit(
             throughput.tick(int(np.prod(batch["input_ids"].shape)))
             # The host reads step t-1's metrics only once step t is dispatched: the device never waits.
             if pending is not None:
-                streak = _report(pending, sink, bar, config)
+                streak = _report(pending, sink, progress, config)
             pending = (step, metrics, throughput, flops)
             # During a non-finite streak, keep the older checkpoints rather than rotating them out. Save
             # before fetching the next batch: the iterator state must be the one after `step` batches.
@@ -411,10 +457,10 @@ def fit(
                 if last_saved != step:
                     ckpt.save(step, state, train_iter, force=True)
                 break
-            bar.update(1)
+            progress.update()
         if pending is not None:
-            _report(pending, sink, bar, config)
-        bar.close()
+            _report(pending, sink, progress, config)
+        progress.close()
         if not preempt.requested:
             if last_saved != step:
                 ckpt.save(step, state, train_iter, force=True)
@@ -428,7 +474,7 @@ def fit(
     return FitResult(state, step, preempt.requested, {} if preempt.requested else last_eval)
 
 
-def _report(pending, sink: MetricsSink, bar, config) -> int:
+def _report(pending, sink: MetricsSink, progress: Progress, config) -> int:
     """Logs one step's metrics (every `log_every`); returns its non-finite streak, raising past the limit."""
     step, metrics, throughput, flops = pending
     metrics = jax.device_get(metrics)
@@ -437,7 +483,7 @@ def _report(pending, sink: MetricsSink, bar, config) -> int:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics.update(throughput.rates(flops))
         sink.write(step, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+        progress.logged(step, metrics)
     if streak:
         log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
     if streak >= config.max_consecutive_nonfinite:
