@@ -56,7 +56,7 @@ def test_two_processes_match_one(tmp_path):
 @pytest.mark.slow
 def test_two_processes_fine_tune_like_one(tmp_path):
     """Fine-tuning on two processes: the same losses, the same metrics and one prediction per dev row
-    (3 rows, a padded eval batch split over both processes)."""
+    (3 dev rows and 2 test rows, each a padded eval batch split over both processes)."""
     from test_finetune import FIXTURES, _cli, make_hf_dir
 
     init = make_hf_dir(tmp_path / "hf")
@@ -91,7 +91,8 @@ def test_two_processes_fine_tune_like_one(tmp_path):
         assert y["loss"] == pytest.approx(x["loss"], rel=2e-4), x["step"]
     for name in ("eval_results.json", "best.json"):
         assert open(os.path.join(multi, name)).read() == open(os.path.join(single, name)).read()
-    for name in ("dev.tsv", "test.tsv", "RTE.tsv"):
+    for name, split in (("dev.tsv", "dev"), ("test.tsv", "test"), ("RTE.tsv", "test")):
         rows = open(os.path.join(multi, "predictions", name)).read()
         assert rows == open(os.path.join(single, "predictions", name)).read()
-        assert len(rows.splitlines()) == 4  # header + the split's 3 rows
+        source = open(os.path.join(data_dir, "RTE", f"{split}.tsv")).read().splitlines()
+        assert len(rows.splitlines()) == len(source)  # a header and one prediction per row
