@@ -67,12 +67,34 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """Orbax (through absl) and asyncio log a failed background save with tracebacks before the error
+    reaches us; the `error:` line says what failed, so keep their log lines and drop the tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio" or "orbax" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _unraisable(info: Any) -> None:
+    """After a failed async save, tensorstore's late callbacks find orbax's event loop closed and
+    report it as unraisable; that is noise next to the `error:` line. Everything else is shown."""
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(info)
+
+
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run `fn`; a user mistake prints `error: …` on one line and exits 1, nothing else is touched."""
     logging.getLogger().setLevel(logging.INFO)
     # Orbax and JAX log every save and backend probe through absl at INFO; keep the console readable.
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not _TRACEBACK.value:
+        for handler in logging.getLogger().handlers:  # absl's handler: every logger's records pass it
+            handler.addFilter(_NoLibraryTracebacks())
+        sys.unraisablehook = _unraisable
     try:
         initialize_distributed()
         fn()

@@ -1,19 +1,22 @@
 """The run directory, named once. Pretraining and fine-tuning runs write the same layout:
 
-WORKDIR/
-  config.json            the resolved experiment config
-  model_config.json      HF config.json of the model; `architectures` names the head class
-  spiece.model  tokenizer_config.json   the vocabulary (trained by the run, or a copy of the one used)
-  data.json              pretraining: corpus source and token cache
-  checkpoints/<step>/    orbax: train state + input-pipeline position (resume)
-  best/<step>/           fine-tuning: parameters at the best evaluation
-  metrics.jsonl  tensorboard/
-  eval_results.json  summary.json  predictions/   fine-tuning results
-  seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
+    WORKDIR/
+      config.json            the resolved experiment config (a resume compares against it: config_drift.py)
+      run.lock               held by the live run (host, pid, heartbeat: run_lock.py)
+      model_config.json      HF config.json of the model; `architectures` names the head class
+      spiece.model  tokenizer_config.json   the vocabulary (trained by the run, or a copy of the one used)
+      data.json              pretraining: corpus source and token cache
+      checkpoints/<step>/    orbax: train state + input-pipeline position (resume)
+      checkpoints/bad-<step>/  a checkpoint that did not restore, moved aside on resume
+      best/<step>/           fine-tuning: parameters at the best evaluation
+      metrics.jsonl  tensorboard/
+      eval_results.json  summary.json  predictions/   fine-tuning results
+      seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -32,10 +35,22 @@ METRICS = "metrics.jsonl"
 EVAL_RESULTS = "eval_results.json"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions"
+LOCK = "run.lock"
+SEED_DIR = "seed_{}"
 
 
 def path(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
+
+
+def seed_dir(workdir: str, k: int | str) -> str:
+    return path(workdir, SEED_DIR.format(k))
+
+
+def saved_configs(workdir: str) -> list[str]:
+    """The config.json of the run in WORKDIR and of its seed runs (fine-tuning), those that exist."""
+    found = [path(workdir, CONFIG)] + sorted(glob.glob(path(seed_dir(workdir, "*"), CONFIG)))
+    return [p for p in found if os.path.isfile(p)]
 
 
 def check_local(workdir: str) -> None:

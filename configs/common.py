@@ -96,6 +96,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
+    c.allow_config_change = False  # resume even if model, data or optimizer settings changed (logged)
 
     # Used only with init_from=none (the shape otherwise comes from the checkpoint), except the
     # JAX-side dtype/param_dtype/scan_layers/remat_policy, which always apply.

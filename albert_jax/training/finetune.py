@@ -254,11 +254,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     trainer.check_batch_sizes(config, mesh)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
-    setup = resolve(config, workdir)
-    if config.num_seeds == 1:
-        summary = run_seed(config, workdir, setup, mesh, config.seed)
-    else:
-        summary = _run_seeds(config, workdir, setup, mesh)
+    with trainer.claim_workdir(workdir):
+        setup = resolve(config, workdir)
+        trainer.prepare_workdir(config, workdir)
+        if config.num_seeds == 1:
+            summary = run_seed(config, workdir, setup, mesh, config.seed)
+        else:
+            summary = _run_seeds(config, workdir, setup, mesh)
     if jax.process_index() == 0 and summary:
         _print_summary(setup.task, summary)
     return summary
@@ -270,7 +272,7 @@ def _run_seeds(config, workdir: str, setup: FinetuneSetup, mesh) -> dict[str, An
     for k in range(config.num_seeds):
         seed = config.seed + k
         try:
-            summary = run_seed(config, os.path.join(workdir, f"seed_{k}"), setup, mesh, seed)
+            summary = run_seed(config, workdir_lib.seed_dir(workdir, k), setup, mesh, seed)
         except trainer.TrainingError as e:  # one diverged seed is a result, not the end of the sweep
             log.error("seed %d failed: %s", seed, e)
             failed[seed] = str(e)

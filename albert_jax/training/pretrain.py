@@ -222,7 +222,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # Cheap checks first: a bad mesh or batch size fails before any vocabulary or token cache is built.
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     trainer.check_batch_sizes(config, mesh)
+    with trainer.claim_workdir(workdir):
+        return _run(config, workdir, mesh)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, float]:
     setup = resolve(config, workdir)
+    trainer.prepare_workdir(config, workdir)
     rules = sharding_lib.rules_from_config(config.logical_axis_rules)
     model = AlbertForPreTraining(setup.model_config)
     tx, schedule = trainer.make_tx(config)

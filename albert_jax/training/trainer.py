@@ -4,8 +4,12 @@
   placed straight into those shardings.
 - `make_train_step(loss_fn, …)`: a pure `train_step(state, batch) -> (state, metrics)` with gradient
   accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optax.apply_if_finite`).
-- `fit`: resume from the latest checkpoint, step, read metrics one step late, stop on a non-finite
-  streak, save before fetching the next batch, evaluate every `eval_every`, handle SIGTERM.
+- `claim_workdir` / `prepare_workdir`: one live run per WORKDIR (run_lock.py), and a resume whose
+  config changed in ways the checkpoint cannot follow is refused (config_drift.py); both runs call
+  them before WORKDIR is written.
+- `fit`: resume from the newest checkpoint that restores (damaged ones are set aside), step, read
+  metrics one step late, stop on a non-finite streak, save before fetching the next batch, evaluate
+  every `eval_every`, handle SIGTERM.
 - `predict`: one output row per example, the last partial batch padded and masked.
 
 A task brings a loss, a head and an evaluator; it never copies the loop.
@@ -13,6 +17,7 @@ A task brings a loss, a head and an evaluator; it never copies the loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,10 +37,12 @@ import numpy as np
 import optax
 import tqdm
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from albert_jax import optim
+from albert_jax import config_drift, optim, run_lock
 from albert_jax import sharding as sharding_lib
+from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.data import finetuning as finetuning_data
 
@@ -49,6 +56,42 @@ class TrainState(train_state.TrainState):
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (e.g. too many non-finite steps); the message says what was kept."""
+
+
+# --- the run directory ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def claim_workdir(workdir: str) -> Iterator[None]:
+    """Holds WORKDIR's run lock for the block: a second run on it is refused with one line.
+
+    Only process 0 takes the lock (WORKDIR is shared); every process learns the outcome. A refused
+    run leaves WORKDIR as it was.
+    """
+    workdir_lib.check_local(workdir)
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = run_lock.RunLock(workdir)
+            lock.acquire()
+        except OSError as e:
+            lock, error = None, e
+    if jax.process_count() > 1:
+        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            error = run_lock.WorkdirInUse(f"WORKDIR {workdir} could not be claimed (process 0 says why)")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Before WORKDIR is written: a resume may change only what `config_drift.RULES` allows."""
+    config_drift.check(config, workdir)
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -262,8 +305,11 @@ class MetricsSink:
         if not self.enabled:
             return
         record = {"step": int(step), **{f"{prefix}{k}": _to_py(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise OSError(e.errno, f"writing {self.path} failed: {e.strerror}") from e
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
@@ -415,18 +461,25 @@ def fit(
     shows tqdm's bar when stderr is a terminal, else a `format_progress` line every `log_every` steps.
     """
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), config.checkpoint_every, config.keep_checkpoints
+        workdir_lib.path(workdir, workdir_lib.CHECKPOINTS),
+        config.checkpoint_every,
+        config.keep_checkpoints,
+        cleanup_tmp=True,
     )
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_like(state), train_iter)
-        log.info("resumed from step %d", int(state.step))
-    start = int(state.step)
-    sink = MetricsSink(workdir, resume_step=start)
-    preempt = Preemption()
+    sink: MetricsSink | None = None
+    preempt: Preemption | None = None
     last_eval: dict[str, float] = {}
-    evaluated_at = None
-    step = start
+    ok = False
     try:
+        restored = ckpt.restore_latest(abstract_like(state), train_iter)
+        if restored is not None:
+            state = restored[0]
+            log.info("resumed from step %d", int(state.step))
+        start = int(state.step)
+        sink = MetricsSink(workdir, resume_step=start)
+        preempt = Preemption()
+        evaluated_at = None
+        step = start
         batch = make_batch(next(train_iter)) if start < config.total_steps else None
         flops = compiled_flops(step_fn.lower(state, batch).compile()) if batch is not None else None
         throughput = Throughput()
@@ -467,10 +520,13 @@ def fit(
             if evaluate is not None and evaluated_at != step:
                 last_eval = evaluate(state, step)
                 sink.write(step, last_eval)
+        ok = True
     finally:
-        ckpt.close()
-        sink.close()
-        preempt.restore()
+        if sink is not None:
+            sink.close()
+        ckpt.close(raise_errors=ok)  # a failing run reports its own error; a failed save is only logged
+        if preempt is not None:
+            preempt.restore()
     return FitResult(state, step, preempt.requested, {} if preempt.requested else last_eval)
 
 

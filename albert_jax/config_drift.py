@@ -1,0 +1,192 @@
+"""What may change when a run resumes: the new config against the one saved in WORKDIR.
+
+Every config key (dotted, e.g. `model.hidden_size`) is classified by the first matching pattern of
+`RULES`:
+
+- `ALLOW`: changes nothing the checkpoint depends on (length of the run, cadences, evaluation,
+  display); resumes quietly.
+- `WARN`: resumes, with a warning that says what the change costs.
+- `REFUSE`: the checkpoint does not mean the same under the new value (model shape, vocabulary,
+  data, optimizer, seed); the run stops with one line listing each such key as old → new.
+  `allow_config_change=true` resumes anyway, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+from typing import Any
+
+import ml_collections
+
+from albert_jax import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
+
+ALLOW, WARN, REFUSE = "allow", "warn", "refuse"
+
+_SAME_ORDER = "the data order is kept (results agree up to float rounding)"
+
+# (key pattern, action, what it is / what the change costs). First match wins; "*" is the fallback,
+# so a key nobody classified is refused. Pretraining and fine-tuning keys share this one table.
+RULES: tuple[tuple[str, str, str], ...] = (
+    # how long, how often, what is shown
+    ("total_steps", ALLOW, "run length"),
+    ("log_every", ALLOW, "cadence"),
+    ("checkpoint_every", ALLOW, "cadence"),
+    ("keep_checkpoints", ALLOW, "cadence"),
+    ("eval_every", ALLOW, "evaluation"),
+    ("eval_steps", ALLOW, "evaluation"),
+    ("eval_batch_size", ALLOW, "evaluation"),
+    ("n_best_size", ALLOW, "evaluation"),  # SQuAD answer extraction
+    ("max_answer_length", ALLOW, "evaluation"),
+    ("null_score_diff_threshold", ALLOW, "evaluation"),
+    ("progress_bar", ALLOW, "display"),
+    ("max_consecutive_nonfinite", ALLOW, "stopping rule"),
+    ("allow_config_change", ALLOW, "this override"),
+    ("num_seeds", ALLOW, "more or fewer seed runs; each seed_<k> resumes on its own"),
+    ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
+    ("model.remat_policy", ALLOW, "recomputation only"),
+    # resumable, at a cost
+    (
+        "batch_size",
+        WARN,
+        "the saved data position counts batches, so from here examples are skipped or repeated and the run "
+        "no longer matches an uninterrupted one",
+    ),
+    ("grad_accum_steps", WARN, f"the same batches, summed in micro-batches: {_SAME_ORDER}"),
+    ("mesh.*", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
+    ("logical_axis_rules", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
+    # the checkpoint would not mean the same
+    ("model.*", REFUSE, "model shape"),
+    ("preset", REFUSE, "model shape"),
+    ("size", REFUSE, "model shape"),
+    ("init_from", REFUSE, "starting parameters and vocabulary"),
+    ("tokenizer", REFUSE, "vocabulary"),
+    ("data.tokenizer", REFUSE, "vocabulary"),
+    ("data.worker_count", REFUSE, "the saved data position's format depends on it"),
+    ("data.*", REFUSE, "data"),
+    ("task", REFUSE, "data"),
+    ("data_dir", REFUSE, "data"),
+    ("train_file", REFUSE, "data"),
+    ("predict_file", REFUSE, "data"),
+    ("version", REFUSE, "data"),
+    ("seq_len", REFUSE, "data"),
+    ("max_seq_length", REFUSE, "data"),
+    ("length_buckets", REFUSE, "data"),
+    ("doc_stride", REFUSE, "data"),
+    ("max_query_length", REFUSE, "data"),
+    ("max_qa_length", REFUSE, "data"),
+    ("seed", REFUSE, "data order, dropout and initialisation"),
+    ("optimizer", REFUSE, "optimizer"),
+    ("learning_rate", REFUSE, "optimizer"),
+    ("warmup_steps", REFUSE, "optimizer"),
+    ("weight_decay", REFUSE, "optimizer"),
+    ("clip_norm", REFUSE, "optimizer"),
+    ("dropout", REFUSE, "model"),
+    ("classifier_dropout", REFUSE, "model"),
+    ("qa_head", REFUSE, "model shape"),
+    ("*", REFUSE, "unclassified"),
+)
+
+
+def rule(key: str) -> tuple[str, str, str]:
+    """The first rule whose pattern matches `key`."""
+    return next(r for r in RULES if fnmatch.fnmatchcase(key, r[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+    action: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.key} {_show(self.old)} → {_show(self.new)}"
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
+
+
+def as_plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as it is written to config.json, read back (tuples become lists, and so on)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Every key whose value differs between two plain configs, classified."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb:
+            _, action, why = rule(key)
+            out.append(Change(key, va, vb, action, why))
+    return out
+
+
+class ConfigDriftError(ValueError):
+    """A resume whose config changed in a way the checkpoint cannot follow."""
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
+    """Compares `config` with the config.json of each run in WORKDIR; returns the changes.
+
+    Raises `ConfigDriftError` (one line, every refused key as old → new) unless
+    `config.allow_config_change`; logs the warnings and the override. Reads only: call it before
+    WORKDIR is written.
+    """
+    override = bool(config.get("allow_config_change", False))
+    new = as_plain(config)
+    found: dict[str, Change] = {}
+    for saved in workdir_lib.saved_configs(workdir):
+        try:
+            with open(saved) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            if override:
+                log.warning("allow_config_change=true: not comparing with the unreadable %s (%s)", saved, e)
+                continue
+            raise ConfigDriftError(
+                f"cannot read {saved} to compare the config with ({e}); restore it, use a new WORKDIR, or "
+                "pass --config.allow_config_change=true"
+            ) from e
+        for change in changes(old, new):
+            found.setdefault(change.key, change)
+    refused = [c for c in found.values() if c.action == REFUSE]
+    if refused and not override:
+        raise ConfigDriftError(
+            f"WORKDIR {workdir} holds a run with a different config: {', '.join(map(str, refused))}. Rerun "
+            f"with the settings in its {workdir_lib.CONFIG}, use a new WORKDIR, or pass "
+            "--config.allow_config_change=true to resume anyway"
+        )
+    if refused:
+        log.warning(
+            "allow_config_change=true: resuming despite %s (%s)",
+            ", ".join(map(str, refused)),
+            ", ".join(sorted({c.why for c in refused})),
+        )
+    for c in found.values():
+        if c.action == WARN:
+            log.warning("resuming with %s: %s", c, c.why)
+        elif c.action == ALLOW:
+            log.info("resuming with %s", c)
+    return list(found.values())
