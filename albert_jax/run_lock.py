@@ -126,6 +126,26 @@ class RunLock:
     # --- taking ---------------------------------------------------------------------------------
 
     def _create(self) -> bool:
+        """Create the lock with its contents in one step (a hard link of a finished file), so another
+        process never reads a lock that exists but is still empty."""
+        tmp = f"{self.path}.{os.getpid()}.new"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(_me(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: exclusive create, then write
+                return self._create_exclusive()
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+    def _create_exclusive(self) -> bool:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
