@@ -15,22 +15,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
-    single = str(tmp_path / "single")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    subprocess.run(
-        cli_args(single, tmp_path, **overrides), cwd=REPO, env=env, check=True, capture_output=True
-    )
-
-    multi = str(tmp_path / "multi")
+def _run_two_processes(args: list[str]) -> None:
+    """`args` as processes 0 and 1 of one jax.distributed job, 4 CPU devices each; both must succeed."""
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs = [
         subprocess.Popen(
-            cli_args(multi, tmp_path, **overrides)
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -42,6 +33,19 @@ def test_two_processes_match_one(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
+    single = str(tmp_path / "single")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    subprocess.run(
+        cli_args(single, tmp_path, **overrides), cwd=REPO, env=env, check=True, capture_output=True
+    )
+
+    multi = str(tmp_path / "multi")
+    _run_two_processes(cli_args(multi, tmp_path, **overrides))
     a = [m for m in read_metrics(single) if "loss" in m]
     b = [m for m in read_metrics(multi) if "loss" in m]
     assert [m["step"] for m in b] == [1, 2, 3]
@@ -67,23 +71,7 @@ def test_two_processes_fine_tune_like_one(tmp_path):
     subprocess.run(_cli(single, init, data_dir, **overrides), cwd=REPO, env=env, check=True, capture_output=True)
 
     multi = str(tmp_path / "multi")
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [
-        subprocess.Popen(
-            _cli(multi, init, data_dir, **overrides)
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    _run_two_processes(_cli(multi, init, data_dir, **overrides))
     a = [m for m in read_metrics(single) if "loss" in m]
     b = [m for m in read_metrics(multi) if "loss" in m]
     assert [m["step"] for m in b] == [1, 2, 3, 4]
