@@ -18,7 +18,7 @@ from configs import glue as glue_configs
 from configs import ner as ner_configs
 from configs import race as race_configs
 from configs import squad as squad_configs
-from test_pretrain import REPO, _snapshot, _wait_for_step, read_metrics
+from test_pretrain import REPO, _snapshot, _wait_for_step, read_metrics, set_keys
 
 SHARED_GLUE = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
 needs_shared = pytest.mark.skipif(
@@ -70,12 +70,7 @@ def small(config, **overrides):
         progress_bar=False,
         learning_rate=1e-3,
     )
-    for key, value in {**settings, **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_keys(config, {**settings, **overrides})
     return config
 
 

@@ -42,14 +42,19 @@ SMALL = {
 }
 
 
-def small_config(tmp_path, **overrides):
-    config = pretrain_configs.get_config("tiny")
-    for key, value in {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides}.items():
+def set_keys(config, settings):
+    """Set dotted keys ("data.cache_dir") of a ConfigDict, as --config.key=value would."""
+    for key, value in settings.items():
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
+
+
+def small_config(tmp_path, **overrides):
+    config = pretrain_configs.get_config("tiny")
+    set_keys(config, {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides})
     return config
 
 
