@@ -46,6 +46,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("progress_bar", ALLOW, "display"),
     ("max_consecutive_nonfinite", ALLOW, "stopping rule"),
     ("allow_config_change", ALLOW, "this override"),
+    ("compilation_cache_dir", ALLOW, "where compiled programs are kept"),
     ("num_seeds", ALLOW, "more or fewer seed runs; each seed_<k> resumes on its own"),
     ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
     ("model.remat_policy", ALLOW, "recomputation only"),

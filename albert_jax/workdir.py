@@ -10,6 +10,7 @@
       checkpoints/bad-<step>/  a checkpoint that did not restore, moved aside on resume
       best/<step>/           fine-tuning: parameters at the best evaluation
       metrics.jsonl  tensorboard/
+      compilation_cache/     JAX's persistent compilation cache: a restarted run does not compile again
       eval_results.json  summary.json  predictions/   fine-tuning results
       seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
 """
@@ -37,6 +38,7 @@ SUMMARY = "summary.json"
 PREDICTIONS = "predictions"
 LOCK = "run.lock"
 SEED_DIR = "seed_{}"
+COMPILATION_CACHE = "compilation_cache"
 
 
 def path(workdir: str, name: str) -> str:

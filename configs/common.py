@@ -8,6 +8,11 @@ from albert_jax.config import AlbertConfig
 from albert_jax.sharding import DEFAULT_RULES
 
 
+# JAX's persistent compilation cache: "" = WORKDIR/compilation_cache, "none" = off. The environment's
+# JAX_COMPILATION_CACHE_DIR, when set, wins.
+COMPILATION_CACHE_DIR = ""
+
+
 def model_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
     """Every AlbertConfig field, so any of them can be overridden from the command line."""
     cfg = AlbertConfig.from_preset(preset, **overrides) if preset else AlbertConfig(**overrides)
@@ -97,6 +102,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.keep_checkpoints = 2
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
     c.allow_config_change = False  # resume even if model, data or optimizer settings changed (logged)
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR
 
     # Used only with init_from=none (the shape otherwise comes from the checkpoint), except the
     # JAX-side dtype/param_dtype/scan_layers/remat_policy, which always apply.

@@ -96,6 +96,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
     c.allow_config_change = False  # resume even if model, data or optimizer settings changed (logged)
+    c.compilation_cache_dir = common.COMPILATION_CACHE_DIR
 
     c.data = ml_collections.ConfigDict()
     c.data.files = ""  # glob(s), comma-separated; all sources empty = the embedded corpus

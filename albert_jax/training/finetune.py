@@ -254,7 +254,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     trainer.check_batch_sizes(config, mesh)
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
-    with trainer.claim_workdir(workdir):
+    with trainer.claim_workdir(config, workdir):
         setup = resolve(config, workdir)
         trainer.prepare_workdir(config, workdir)
         if config.num_seeds == 1:

@@ -222,7 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # Cheap checks first: a bad mesh or batch size fails before any vocabulary or token cache is built.
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     trainer.check_batch_sizes(config, mesh)
-    with trainer.claim_workdir(workdir):
+    with trainer.claim_workdir(config, workdir):
         return _run(config, workdir, mesh)
 
 

@@ -6,7 +6,7 @@
   accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optax.apply_if_finite`).
 - `claim_workdir` / `prepare_workdir`: one live run per WORKDIR (run_lock.py), and a resume whose
   config changed in ways the checkpoint cannot follow is refused (config_drift.py); both runs call
-  them before WORKDIR is written.
+  them before WORKDIR is written. Claiming also turns on the persistent compilation cache.
 - `fit`: resume from the newest checkpoint that restores (damaged ones are set aside), step, read
   metrics one step late, stop on a non-finite streak, save before fetching the next batch, evaluate
   every `eval_every`, handle SIGTERM.
@@ -38,6 +38,7 @@ import optax
 import tqdm
 from flax.training import train_state
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh
 
 from albert_jax import config_drift, optim, run_lock
@@ -62,13 +63,15 @@ class TrainingError(RuntimeError):
 
 
 @contextlib.contextmanager
-def claim_workdir(workdir: str) -> Iterator[None]:
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
     """Holds WORKDIR's run lock for the block: a second run on it is refused with one line.
 
     Only process 0 takes the lock (WORKDIR is shared); every process learns the outcome. A refused
-    run leaves WORKDIR as it was.
+    run leaves WORKDIR as it was. Every run starts here, before anything compiles, so this is also
+    where the persistent compilation cache is turned on (`use_compilation_cache`).
     """
     workdir_lib.check_local(workdir)
+    use_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     lock, error = None, None
     if jax.process_index() == 0:
         try:
@@ -87,6 +90,35 @@ def claim_workdir(workdir: str) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
+
+
+_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+# Every compiled program is stored, however small or quick to compile, so that a restarted run
+# compiles nothing at all (JAX's default skips programs compiled in under a second).
+_CACHE_THRESHOLDS = {
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": -1,  # -1: no size limit
+}
+
+
+def use_compilation_cache(setting: str, workdir: str) -> str | None:
+    """Turns on JAX's persistent compilation cache; returns its directory (None: off).
+
+    `setting` is the config's `compilation_cache_dir`: "" keeps the cache in WORKDIR, "none" turns
+    it off, anything else is the directory. A `JAX_COMPILATION_CACHE_DIR` in the environment wins
+    (JAX reads it itself), as do the environment's settings of the thresholds. Only process 0
+    writes entries (JAX's rule); every process reads them.
+    """
+    if os.environ.get(_CACHE_DIR_ENV):
+        return os.environ[_CACHE_DIR_ENV]
+    path = None if setting == "none" else setting or workdir_lib.path(workdir, workdir_lib.COMPILATION_CACHE)
+    if jax.config.jax_compilation_cache_dir != path:
+        compilation_cache.set_cache_dir(path)
+        compilation_cache.reset_cache()  # JAX opens the cache once per process; reopen it at `path`
+    for name, value in _CACHE_THRESHOLDS.items():
+        if name.upper() not in os.environ:
+            jax.config.update(name, value)
+    return path
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
