@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import shutil
 
 import pytest
 
@@ -135,6 +136,104 @@ def test_hf_text_dataset_on_local_file(tmp_path):
     # Rows as whole documents of paragraph text.
     docs = list(iter_documents(CorpusSpec(dataset="text", files=path, format="paragraphs")))
     assert docs[0] == ["First sentence of doc one."]
+
+
+# Three documents of prose paragraphs (one line each), as a file in the paragraphs layout: one blank
+# line between paragraphs, two between documents. A dataset row holds one document.
+DOCUMENTS = [
+    [
+        "It was a dark night. The wind howled through the trees, and Mr. Brown sat by the fire.",
+        "He read a book. It was long, e.g. four hundred pages.",
+    ],
+    ["Morning came. The sun rose.", "Birds sang loudly! Dr. Smith woke at 6 a.m. and left."],
+    ["A third document starts here. It has one paragraph only."],
+]
+ROWS = ["\n\n".join(paragraphs) for paragraphs in DOCUMENTS]
+
+
+@pytest.fixture
+def from_files(tmp_path):
+    """The documents read from the same text as a file: what every other source must reproduce."""
+    path = _write(tmp_path / "docs.txt", "\n\n\n".join(ROWS) + "\n")
+    docs = list(iter_documents(CorpusSpec(files=path, format="paragraphs")))
+    assert len(docs) == 3 and sum(map(len, docs)) == 10  # the sentence splitter ran
+    return docs
+
+
+def _hf_json(tmp_path, datasets):
+    datasets.Dataset.from_dict({"body": ROWS}).to_json(tmp_path / "docs.jsonl")
+    return CorpusSpec(dataset="json", files=str(tmp_path / "docs.jsonl"), text_column="body")
+
+
+def _hf_parquet_dir(tmp_path, datasets):
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_dict({"text": ROWS}).to_parquet(tmp_path / "pq" / "train.parquet")
+    datasets.Dataset.from_dict({"text": ["Not this split. Nor this."]}).to_parquet(
+        tmp_path / "pq" / "test.parquet"
+    )
+    return CorpusSpec(dataset=str(tmp_path / "pq"))
+
+
+def _hf_saved(tmp_path, datasets):
+    datasets.Dataset.from_dict({"text": ROWS}).save_to_disk(tmp_path / "saved")
+    return CorpusSpec(dataset=str(tmp_path / "saved"))
+
+
+def _hf_saved_dict(tmp_path, datasets):
+    other = datasets.Dataset.from_dict({"text": ["Not this split. Nor this."]})
+    datasets.DatasetDict(
+        {"validation": other, "train": datasets.Dataset.from_dict({"text": ROWS})}
+    ).save_to_disk(tmp_path / "saved_dict")
+    return CorpusSpec(dataset=str(tmp_path / "saved_dict"), split="train")
+
+
+@pytest.mark.parametrize("make_spec", [_hf_json, _hf_parquet_dir, _hf_saved, _hf_saved_dict])
+def test_hf_dataset_matches_files(tmp_path, from_files, make_spec):
+    """Local `datasets` sources, offline, one document per row: the same documents as the file."""
+    datasets = pytest.importorskip("datasets")
+    spec = make_spec(tmp_path, datasets)
+    assert list(iter_documents(spec)) == from_files
+
+
+def test_hf_saved_dataset_fingerprint_follows_its_files(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    spec = _hf_saved(tmp_path, datasets)
+    before = source_fingerprint(spec)
+    assert source_fingerprint(spec) == before
+    datasets.Dataset.from_dict({"text": ROWS[:1]}).save_to_disk(tmp_path / "rewritten")
+    shutil.rmtree(tmp_path / "saved")
+    (tmp_path / "rewritten").rename(tmp_path / "saved")
+    assert source_fingerprint(spec) != before  # another dataset under the same path: a new token cache
+
+
+def test_tfds_dataset_matches_files(tmp_path, from_files):
+    """A TFDS dataset built here (array_record, no TensorFlow needed), read through its directory."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class AlbertJaxTestDocs(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+            )
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {
+                "train": self._generate_examples(ROWS),
+                "test": self._generate_examples(["Not this. No."]),
+            }
+
+        def _generate_examples(self, rows):
+            for i, row in enumerate(rows):
+                yield i, {"text": row}
+
+    builder = AlbertJaxTestDocs(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    spec = CorpusSpec(tfds=os.fspath(builder.data_dir))
+    assert list(iter_documents(spec)) == from_files
+    assert source_fingerprint(spec) != source_fingerprint(CorpusSpec(tfds=spec.tfds, split="test"))
 
 
 def test_tfds_source():

@@ -74,11 +74,13 @@ class CorpusSpec:
         datasets, ``"lines"`` means one sentence per row (blank rows end documents) and
         ``"paragraphs"`` one document per row; ``"auto"`` picks ``"lines"`` for the ``text`` and
         bookcorpus builders.
-      dataset: Hugging Face dataset name for ``datasets.load_dataset``.
+      dataset: Hugging Face dataset name or local directory for ``datasets.load_dataset``, or a
+        directory written by ``save_to_disk`` (read with ``datasets.load_from_disk``).
       dataset_config: its configuration name (e.g. ``"20231101.en"`` for wikipedia).
       split: the split to read (HF datasets and TFDS).
       text_column: the column / feature holding the text.
-      tfds: a TFDS dataset name, read through ``tfds.data_source``.
+      tfds: a TFDS dataset name, read through ``tfds.data_source``, or the directory of a prepared
+        dataset (``.../name/1.0.0``, read with ``tfds.builder_from_directory``).
     """
 
     files: str = ""
@@ -377,7 +379,11 @@ def _hf_documents(spec: CorpusSpec) -> Iterator[list[str]]:
     if spec.files:
         kwargs["data_files"] = _expand_files(spec.files) if spec.dataset in _HF_FILE_BUILDERS else spec.files
     try:
-        ds = datasets.load_dataset(spec.dataset, spec.dataset_config or None, split=spec.split, **kwargs)
+        if _is_saved_hf_dataset(spec.dataset):  # load_dataset refuses what save_to_disk wrote
+            ds = datasets.load_from_disk(spec.dataset)
+            ds = ds[spec.split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            ds = datasets.load_dataset(spec.dataset, spec.dataset_config or None, split=spec.split, **kwargs)
     except Exception as e:  # noqa: BLE001 -- datasets raises many types (not found, offline, config)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorpusError(f"cannot load {spec.describe()}: {msg}") from None
@@ -390,6 +396,13 @@ def _hf_documents(spec: CorpusSpec) -> Iterator[list[str]]:
         fmt = "lines" if spec.dataset.split("/")[-1] in _HF_LINE_BUILDERS else "paragraphs"
     texts = (row[spec.text_column] or "" for row in ds.select_columns([spec.text_column]))
     yield from _documents_from_texts(texts, fmt)
+
+
+def _is_saved_hf_dataset(path: str) -> bool:
+    """A directory written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(
+        os.path.join(path, "dataset_dict.json")
+    )
 
 
 def _documents_from_texts(texts: Iterable[str], fmt: str) -> Iterator[list[str]]:
@@ -414,7 +427,10 @@ def _tfds_documents(spec: CorpusSpec) -> Iterator[list[str]]:
     except ImportError:
         raise ImportError("TFDS corpora need tensorflow_datasets: pip install 'albert_jax[tfds]'") from None
     try:
-        source = tfds.data_source(spec.tfds, split=spec.split)
+        if os.path.isdir(spec.tfds):  # a prepared dataset's directory, e.g. ~/tensorflow_datasets/name/1.0.0
+            source = tfds.builder_from_directory(spec.tfds).as_data_source(split=spec.split)
+        else:
+            source = tfds.data_source(spec.tfds, split=spec.split)
     except Exception as e:  # noqa: BLE001 -- TFDS raises many types for a missing dataset
         raise CorpusError(f"cannot load {spec.describe()}: {str(e).splitlines()[0]}") from None
 
@@ -552,7 +568,8 @@ def iter_documents(spec: CorpusSpec) -> Iterator[list[str]]:
 
 
 def source_fingerprint(spec: CorpusSpec) -> str:
-    """A stable hash of the source's identity: file paths, sizes and mtimes, or dataset ids.
+    """A stable hash of the source's identity: file paths, sizes and mtimes (also of a dataset
+    directory's files), or dataset ids.
 
     Raises:
       CorpusError: the file pattern matches nothing.
@@ -561,9 +578,20 @@ def source_fingerprint(spec: CorpusSpec) -> str:
     if spec.files and (spec.kind == "files" or spec.dataset in _HF_FILE_BUILDERS):
         stats = []
         for path in _expand_files(spec.files):
-            st = os.stat(path)
-            stats.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+            stats.append((os.path.abspath(path), *_size_and_mtime(path)))
         key["files"] = stats
+    local = spec.dataset if spec.kind == "hf" else spec.tfds
+    if os.path.isdir(local):  # a dataset on disk: its files, so that rewriting it rebuilds the cache
+        key["dataset_files"] = [
+            (os.path.abspath(os.path.join(root, f)), *_size_and_mtime(os.path.join(root, f)))
+            for root, _, names in sorted(os.walk(local))
+            for f in sorted(names)
+        ]
     if spec.kind == "embedded":
         key["python"] = sys.version
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
