@@ -69,6 +69,7 @@ def _start(args, env):
     return int(counts[1]), int(counts[3])
 
 
+@pytest.mark.slow
 def test_restart_compiles_nothing_new(tmp_path):
     """A run preempted after its step-2 checkpoint restarts with the same command: it restores, trains
     steps 3-4 and evaluates, and every program it needs comes from WORKDIR's cache (none compiled)."""

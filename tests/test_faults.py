@@ -198,6 +198,7 @@ def test_every_config_key_has_a_rule():
     assert config_drift.rule("model.hidden_size")[1] == config_drift.REFUSE
     assert config_drift.rule("mesh.fsdp")[1] == config_drift.WARN
     assert config_drift.rule("eval_batch_size")[1] == config_drift.ALLOW
+    assert config_drift.rule("compilation_cache_dir")[1] == config_drift.ALLOW  # where, not what
 
 
 # --- one run per WORKDIR --------------------------------------------------------------------------------
