@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -35,6 +36,15 @@ GRIMM = SHARED_DATA / "corpus" / "grimm_tales.txt"
 )
 def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
+
+
+GOLD = json.loads((pathlib.Path(__file__).parent / "fixtures" / "sentences" / "gold.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("case", GOLD, ids=[c["text"][:30] for c in GOLD])
+def test_split_sentences_gold(case):
+    """The hand-checked hard cases that benchmarks/sentence_split.py scores every splitter on."""
+    assert split_sentences(case["text"]) == case["sentences"]
 
 
 LINES_TEXT = """First sentence of doc one.

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Bump when the text -> sentences logic changes, so cached tokenizations are rebuilt.
-TEXT_PIPELINE_VERSION = 1
+TEXT_PIPELINE_VERSION = 2
 MAX_DOCUMENT_PARAGRAPHS = 50
 _AUTO_SAMPLE_LINES = 400
 _LINE_LAYOUT_THRESHOLD = 0.8
@@ -191,6 +191,7 @@ _NEVER_FINAL = frozenset(
 _MAYBE_FINAL = frozenset(["etc", "u.s", "u.k", "a.m", "p.m", "b.c", "a.d", "ph.d"])
 _BOUNDARY = re.compile(r"(\.\.\.|…|[.!?]+)([\"'”’»)\]]*)\s+")
 _OPENERS = "\"'“‘«([¿¡"
+_LAST_WORD = re.compile(r"([\w.'’]*)$")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -199,7 +200,7 @@ def split_sentences(text: str) -> list[str]:
     A boundary is sentence punctuation (``. ! ? ...``) optionally followed by closing quotes or
     brackets, then whitespace, then a word that does not start in lower case. A period does not
     end a sentence after a title or Latin abbreviation (``Mr.``, ``e.g.``, ``cf.``), after a
-    single-letter initial (``J. R. R. Tolkien``), or inside a number (``3.14``, since no space
+    single-letter initial other than ``I`` (``J. R. R. Tolkien``), or inside a number (``3.14``, since no space
     follows). Whitespace, including newlines from hard-wrapped text, is collapsed.
     """
     text = " ".join(text.split())
@@ -217,9 +218,10 @@ def split_sentences(text: str) -> list[str]:
         if not nxt or nxt.islower():
             continue
         if m.group(1) == ".":
-            # The word the period belongs to (letters and inner periods, e.g. "e.g").
-            word = re.search(r"([\w.]*)$", text[start : m.start()]).group(1).lower()
-            if word in _NEVER_FINAL or (len(word) == 1 and word.isalpha()):
+            # The word the period belongs to (letters, inner periods and apostrophes: "e.g", "paul's").
+            word = _LAST_WORD.search(text[start : m.start()]).group(1).lower()
+            initial = len(word) == 1 and word.isalpha() and word != "i"  # "it was I. They" ends
+            if word in _NEVER_FINAL or initial:
                 continue
             if word in _MAYBE_FINAL and not nxt.isupper():
                 continue
