@@ -58,6 +58,14 @@ RULES: tuple[tuple[str, str, str], ...] = (
         "no longer matches an uninterrupted one",
     ),
     ("grad_accum_steps", WARN, f"the same batches, summed in micro-batches: {_SAME_ORDER}"),
+    (
+        "data.prepared",
+        WARN,
+        (
+            "the prepared corpus was checked against the source and the vocabulary; the data is the same "
+            "unless the corpus files changed between its preparation and this run's token cache"
+        ),
+    ),
     ("mesh.*", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
     ("logical_axis_rules", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
     # the checkpoint would not mean the same

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import logging
 import os
@@ -26,11 +25,12 @@ from albert_jax import inference, pretrained
 from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
 from albert_jax.config import AlbertConfig
+from albert_jax.data import prepare
 from albert_jax.data.loader import make_global_batch, pretraining_dataset
 from albert_jax.data.pretraining import PretrainDataConfig, TokenizedCorpus
-from albert_jax.data.text import CorpusSpec, iter_documents
+from albert_jax.data.text import CorpusSpec
 from albert_jax.modeling import AlbertForPreTraining, init_params
-from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
+from albert_jax.tokenizer import AlbertTokenizer
 from albert_jax.training import trainer
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,14 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
         raise ValueError(
             f"seq_len={config.seq_len} exceeds model.max_position_embeddings={model_config.max_position_embeddings}"
         )
-    spec = CorpusSpec(**{f.name: d[f.name] for f in dataclasses.fields(CorpusSpec)})  # same names in `data`
+    spec = prepare.corpus_spec(d)
+    cache_dir = prepare.default_cache_dir(d)
+    if d.prepared:
+        if d.tokenizer:
+            raise ValueError("data.prepared brings its own vocabulary; leave data.tokenizer empty")
+        tokenizer, corpus = prepare.load(d.prepared, spec, model_config.vocab_size, cache_dir)
+        _check_same_vocabulary(tokenizer, loaded_tokenizer if init is not None else None, workdir, d.prepared)
+        return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
     if init is not None:
         tokenizer = loaded_tokenizer
     else:
@@ -186,32 +193,30 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
             f"{model_config.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size} or use a matching "
             "spiece.model"
         )
-    cache_dir = d.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "albert_jax")
     corpus = TokenizedCorpus.build(spec, tokenizer, cache_dir)
     return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
 
 
+def _check_same_vocabulary(
+    tokenizer: AlbertTokenizer, from_init: AlbertTokenizer | None, workdir: str, prepared: str
+) -> None:
+    """A prepared corpus's vocabulary must be init_from's, and the one this WORKDIR's run already uses."""
+    own = workdir_lib.path(workdir, workdir_lib.VOCAB)
+    for name, other in (
+        ("init_from", from_init),
+        (own, AlbertTokenizer(own) if os.path.exists(own) else None),
+    ):
+        if other is not None and other.fingerprint != tokenizer.fingerprint:
+            raise ValueError(f"data.prepared={prepared!r} was tokenized with another vocabulary than {name}")
+
+
 def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str) -> AlbertTokenizer:
     """The configured spiece.model; else the one this run trained earlier; else train one now."""
-    if path:
-        return AlbertTokenizer.from_pretrained(path)
     own = workdir_lib.path(workdir, workdir_lib.VOCAB)
-    if os.path.exists(own):
-        return AlbertTokenizer(own)
+    if path or os.path.exists(own):
+        return prepare.vocabulary(path, spec, model_config.vocab_size, own)
     if jax.process_index() == 0:
-        sentences = (s for doc in iter_documents(spec) for s in doc)
-        first = next(
-            sentences, None
-        )  # Raises CorpusError for a missing/empty corpus before WORKDIR is written.
-        if first is None:
-            raise ValueError(f"the corpus {spec.describe()} has no sentences")
-        os.makedirs(workdir, exist_ok=True)
-        log.info("training a %d-piece vocabulary on %s", model_config.vocab_size, spec.describe())
-        train_tokenizer(
-            itertools.chain([first], sentences),
-            os.path.splitext(own)[0],
-            vocab_size=model_config.vocab_size,
-        )
+        prepare.vocabulary(path, spec, model_config.vocab_size, own)
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote (WORKDIR is shared)
         multihost_utils.sync_global_devices("albert_jax: vocabulary trained")
     return AlbertTokenizer(own)

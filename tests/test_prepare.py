@@ -1,0 +1,122 @@
+"""A corpus prepared once (`python -m albert_jax.data.prepare`) trains exactly like on-the-fly tokenization."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sentencepiece import sentencepiece_model_pb2
+
+from albert_jax.data import prepare, pretraining, text
+from albert_jax.data.pretraining import TokenizedCorpus
+from albert_jax.training import pretrain
+from test_pretrain import REPO, SMALL, cli_args, read_metrics, small_config
+
+RUN = {
+    "total_steps": 3,
+    "warmup_steps": 1,
+    "log_every": 1,
+    "eval_every": 0,
+    "eval_steps": 1,
+    "checkpoint_every": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """CPython's documentation topics (a part of the embedded corpus) in the one-sentence-per-line layout."""
+    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
+    path.write_text("\n\n".join("\n".join(doc) for doc in text._pydoc_topic_documents()) + "\n")
+    return {"data.files": str(path)}
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    """The corpus prepared with the CLI at the small test model's vocabulary size."""
+    out = tmp_path_factory.mktemp("prepared") / "corpus"
+    args = [
+        sys.executable,
+        "-m",
+        "albert_jax.data.prepare",
+        "--config=configs/pretrain.py:tiny",
+        f"--output={out}",
+    ]
+    args += [f"--config.{k}={v}" for k, v in {**SMALL, **corpus}.items()]
+    proc = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tokens/s per core" in proc.stdout
+    return str(out)
+
+
+def _pieces(model_file):
+    proto = sentencepiece_model_pb2.ModelProto.FromString(open(model_file, "rb").read())
+    return [(p.piece, p.score, p.type) for p in proto.pieces], proto.normalizer_spec.SerializeToString()
+
+
+def _forbid(*_, **__):
+    raise AssertionError("a run on a prepared corpus must not read or tokenize the raw corpus")
+
+
+def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypatch):
+    with open(os.path.join(prepared, prepare.MANIFEST)) as f:
+        manifest = json.load(f)
+    assert manifest["vocabulary"]["vocab_size"] == SMALL["model.vocab_size"]
+    assert (
+        manifest["num_tokens"] == TokenizedCorpus(os.path.join(prepared, manifest["corpus"])).num_tokens > 0
+    )
+
+    fly = str(tmp_path / "on_the_fly")
+    pretrain.run(small_config(tmp_path, **RUN, **corpus), fly)
+    # The run trained its vocabulary on the same text with the same code: the same pieces and scores (the
+    # model files differ only in the trainer's recorded output path).
+    assert _pieces(os.path.join(fly, "spiece.model")) == _pieces(os.path.join(prepared, "spiece.model"))
+
+    for module, name in (
+        (pretraining, "iter_documents"),
+        (prepare, "iter_documents"),
+        (text, "iter_documents"),
+    ):
+        monkeypatch.setattr(module, name, _forbid)
+    monkeypatch.setattr(prepare, "train_tokenizer", _forbid)
+    monkeypatch.setattr(TokenizedCorpus, "_write", staticmethod(_forbid))
+    ready = str(tmp_path / "prepared_run")
+    config = small_config(
+        tmp_path, **RUN, **corpus, **{"data.prepared": prepared, "data.cache_dir": str(tmp_path / "empty")}
+    )
+    pretrain.run(config, ready)
+    assert not os.path.exists(tmp_path / "empty")  # no token cache was built
+
+    ref = [{k: v for k, v in m.items() if not k.endswith("_per_sec")} for m in read_metrics(fly)]
+    got = [{k: v for k, v in m.items() if not k.endswith("_per_sec")} for m in read_metrics(ready)]
+    assert [m["step"] for m in got if "loss" in m] == [1, 2, 3]
+    assert got == ref  # loss for loss, exactly
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"model.vocab_size": 1234}, "1000-piece vocabulary but model.vocab_size is 1234"),
+        ({"data.format": "paragraphs"}, "data.format: 'auto' → 'paragraphs'"),
+        ({"data.tokenizer": "x/spiece.model"}, "leave data.tokenizer empty"),
+    ],
+)
+def test_prepared_corpus_mismatch_is_refused(corpus, prepared, tmp_path, overrides, needle):
+    config = small_config(tmp_path, **{**corpus, "data.prepared": prepared, **overrides})
+    with pytest.raises(ValueError, match=needle):
+        pretrain.resolve(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_manifest_is_one_error_line(tmp_path):
+    not_prepared = tmp_path / "not_prepared"
+    not_prepared.mkdir()
+    args = cli_args(str(tmp_path / "run"), tmp_path, **RUN) + [f"--config.data.prepared={not_prepared}"]
+    proc = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is not a prepared corpus (no manifest.json)" in errors[0], proc.stderr[
+        -2000:
+    ]
+    assert not os.path.exists(tmp_path / "run")
