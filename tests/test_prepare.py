@@ -2,14 +2,17 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
+from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
 from albert_jax.data import prepare, pretraining, text
 from albert_jax.data.pretraining import TokenizedCorpus
+from albert_jax.tokenizer import train_tokenizer
 from albert_jax.training import pretrain
 from test_pretrain import REPO, SMALL, cli_args, read_metrics, small_config
 
@@ -50,7 +53,7 @@ def prepared(corpus, tmp_path_factory):
 
 
 def _pieces(model_file):
-    proto = sentencepiece_model_pb2.ModelProto.FromString(open(model_file, "rb").read())
+    proto = sentencepiece_model_pb2.ModelProto.FromString(pathlib.Path(model_file).read_bytes())
     return [(p.piece, p.score, p.type) for p in proto.pieces], proto.normalizer_spec.SerializeToString()
 
 
@@ -120,3 +123,39 @@ def test_missing_manifest_is_one_error_line(tmp_path):
         -2000:
     ]
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_copied_prepared_corpus_loads_and_a_swapped_vocabulary_is_refused(corpus, prepared, tmp_path):
+    """DIR copied file by file through etils.epath (as to or from gs://) loads; a vocabulary that is not
+    the one the cache was tokenized with is refused."""
+    copy = tmp_path / "copy"
+    prepare._copy_tree(epath.Path(prepared), epath.Path(copy))
+    spec = prepare.corpus_spec(small_config(tmp_path, **corpus).data)
+    _, loaded = prepare.load(str(copy), spec, SMALL["model.vocab_size"], str(tmp_path / "cache"))
+    with open(os.path.join(prepared, prepare.MANIFEST)) as f:
+        assert loaded.num_tokens == json.load(f)["num_tokens"]
+    assert loaded.path.startswith(str(copy))
+    # A remote DIR (gs://...) is copied once into data.cache_dir, since the cache is memory-mapped.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepare, "_is_local", lambda path: False)
+        _, remote = prepare.load(str(copy), spec, SMALL["model.vocab_size"], str(tmp_path / "cache"))
+    assert remote.path.startswith(str(tmp_path / "cache" / "prepared-"))
+    assert remote.num_tokens == loaded.num_tokens
+
+    other = train_tokenizer(
+        ["alpha beta gamma delta."] * 50, tmp_path / "other", vocab_size=20, hard_vocab_limit=False
+    )
+    (copy / "spiece.model").write_bytes(pathlib.Path(other).read_bytes())
+    with pytest.raises(prepare.PreparedCorpusError, match="does not match manifest.json"):
+        prepare.load(str(copy), spec, SMALL["model.vocab_size"], str(tmp_path / "cache"))
+
+
+def test_rerun_reuses_and_another_corpus_into_the_same_dir_is_refused(corpus, prepared, tmp_path, capsys):
+    with open(os.path.join(prepared, prepare.MANIFEST)) as f:
+        before = json.load(f)
+    assert prepare.prepare(small_config(tmp_path, **corpus), prepared) == before
+    assert "(reused)" in capsys.readouterr().out
+    with pytest.raises(
+        prepare.PreparedCorpusError, match=f"--output={prepared} holds another prepared corpus"
+    ):
+        prepare.prepare(small_config(tmp_path, **{**corpus, "data.format": "paragraphs"}), prepared)

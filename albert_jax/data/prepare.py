@@ -98,11 +98,11 @@ def _is_local(path: str) -> bool:
 
 def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
     """Copies every file under ``src`` to the same place under ``dst`` (through etils.epath)."""
-    for file in sorted(src.rglob("*")):
-        if file.is_file():
-            target = dst / file.relative_to(src)
+    for folder, _, files in src.walk():  # not rglob: epath refuses "**" patterns
+        for name in sorted(files):
+            target = dst / (folder / name).relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
-            file.copy(target, overwrite=True)
+            (folder / name).copy(target, overwrite=True)
 
 
 def prepare(config: ml_collections.ConfigDict, output: str) -> dict[str, Any]:
@@ -113,6 +113,9 @@ def prepare(config: ml_collections.ConfigDict, output: str) -> dict[str, Any]:
     spec = corpus_spec(config.data)
     if config.init_from and config.data.tokenizer:
         raise ValueError("init_from brings its own vocabulary; leave data.tokenizer empty")
+    if (epath.Path(output) / MANIFEST).exists():  # a rerun: only for the same corpus and vocabulary size
+        vocab_size = None if config.init_from or config.data.tokenizer else config.model.vocab_size
+        _check(f"--output={output}", _read_manifest(output), spec, vocab_size)
     staging = output if _is_local(output) else tempfile.mkdtemp(prefix="albert_jax-prepare-")
     os.makedirs(staging, exist_ok=True)
     t0 = time.perf_counter()
@@ -123,9 +126,10 @@ def prepare(config: ml_collections.ConfigDict, output: str) -> dict[str, Any]:
         os.path.join(staging, _VOCAB),
     )
     tok.save_pretrained(staging)  # a taken vocabulary is copied, so DIR is self-contained
-    t1 = time.perf_counter()
+    reused = os.path.exists(os.path.join(staging, TokenizedCorpus.cache_key(spec, tok), "meta.json"))
+    t1, cpu1 = time.perf_counter(), time.process_time()
     corpus = TokenizedCorpus.build(spec, tok, staging)
-    t2 = time.perf_counter()
+    t2, cpu2 = time.perf_counter(), time.process_time()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -143,12 +147,15 @@ def prepare(config: ml_collections.ConfigDict, output: str) -> dict[str, Any]:
         _copy_tree(epath.Path(staging), epath.Path(output))
         shutil.rmtree(staging, ignore_errors=True)
     (epath.Path(output) / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    seconds = t2 - t1
+    counts = f"{corpus.num_documents} documents, {corpus.num_sentences} sentences, {corpus.num_tokens} tokens"
+    if reused:
+        print(f"prepared {output} (reused): {counts}")
+        return manifest
+    seconds, cpu_seconds = t2 - t1, cpu2 - cpu1
     print(
-        f"prepared {output}: {corpus.num_documents} documents, {corpus.num_sentences} sentences, "
-        f"{corpus.num_tokens} tokens; vocabulary {t1 - t0:.1f}s, tokenizing {seconds:.1f}s = "
-        f"{corpus.num_tokens / seconds:,.0f} tokens/s on {cores} cores "
-        f"({corpus.num_tokens / seconds / cores:,.0f} tokens/s per core)"
+        f"prepared {output}: {counts}; vocabulary {t1 - t0:.1f}s; tokenizing {seconds:.1f}s wall, "
+        f"{cpu_seconds:.1f}s CPU = {corpus.num_tokens / seconds:,.0f} tokens/s on {cores} cores, "
+        f"{corpus.num_tokens / max(cpu_seconds, 1e-9):,.0f} tokens/s per core"
     )
     return manifest
 
@@ -171,6 +178,27 @@ def _read_manifest(prepared: str) -> dict[str, Any]:
             f"{path} was written by another version of albert_jax; prepare the corpus again"
         )
     return manifest
+
+
+def _check(where: str, manifest: dict[str, Any], spec: CorpusSpec, vocab_size: int | None) -> None:
+    """The manifest is for ``spec`` and (unless None) a ``vocab_size``-piece vocabulary; ``where`` names it."""
+    want = dataclasses.asdict(spec)
+    diff = [
+        f"data.{k}: {manifest['spec'].get(k)!r} → {v!r}"
+        for k, v in want.items()
+        if manifest["spec"].get(k) != v
+    ]
+    if diff:
+        raise PreparedCorpusError(
+            f"{where} holds another prepared corpus ({manifest['source']}); the config differs in "
+            f"{', '.join(diff)}"
+        )
+    have = manifest["vocabulary"]["vocab_size"]
+    if vocab_size is not None and have != vocab_size:
+        raise PreparedCorpusError(
+            f"{where} has a {have}-piece vocabulary but model.vocab_size is {vocab_size}; set "
+            f"--config.model.vocab_size={have} or prepare the corpus again"
+        )
 
 
 def _local_copy(prepared: str, manifest: dict[str, Any], cache_dir: str) -> str:
@@ -203,27 +231,11 @@ def load(
         or files that do not match the manifest.
     """
     manifest = _read_manifest(prepared)
-    want = dataclasses.asdict(spec)
-    diff = [
-        f"data.{k}: {manifest['spec'].get(k)!r} → {v!r}"
-        for k, v in want.items()
-        if manifest["spec"].get(k) != v
-    ]
-    if diff:
-        raise PreparedCorpusError(
-            f"data.prepared={prepared!r} holds another corpus ({manifest['source']}); the config differs in "
-            f"{', '.join(diff)}"
-        )
-    vocab = manifest["vocabulary"]
-    if vocab["vocab_size"] != vocab_size:
-        raise PreparedCorpusError(
-            f"data.prepared={prepared!r} has a {vocab['vocab_size']}-piece vocabulary but model.vocab_size is "
-            f"{vocab_size}; set --config.model.vocab_size={vocab['vocab_size']} or prepare the corpus again"
-        )
+    _check(f"data.prepared={prepared!r}", manifest, spec, vocab_size)
     local = _local_copy(prepared, manifest, cache_dir)
     tok = AlbertTokenizer.from_pretrained(local)
     corpus = TokenizedCorpus(os.path.join(local, manifest["corpus"]))
-    if not tok.fingerprint == vocab["fingerprint"] == corpus.meta["tokenizer_fingerprint"]:
+    if not tok.fingerprint == manifest["vocabulary"]["fingerprint"] == corpus.meta["tokenizer_fingerprint"]:
         raise PreparedCorpusError(
             f"data.prepared={prepared!r}: the vocabulary or token cache does not match {MANIFEST}; prepare again"
         )
