@@ -1,4 +1,4 @@
-"""A corpus prepared once (`python -m albert_jax.data.prepare`) trains exactly like on-the-fly tokenization."""
+"""A corpus prepared once (`python -m albert_jax.data.prepare`) trains exactly like on-the-fly tokenizing."""
 
 import json
 import os

@@ -181,7 +181,7 @@ def _read_manifest(prepared: str) -> dict[str, Any]:
 
 
 def _check(where: str, manifest: dict[str, Any], spec: CorpusSpec, vocab_size: int | None) -> None:
-    """The manifest is for ``spec`` and (unless None) a ``vocab_size``-piece vocabulary; ``where`` names it."""
+    """The manifest at ``where`` is for ``spec`` and (unless None) a ``vocab_size``-piece vocabulary."""
     want = dataclasses.asdict(spec)
     diff = [
         f"data.{k}: {manifest['spec'].get(k)!r} → {v!r}"
@@ -237,7 +237,8 @@ def load(
     corpus = TokenizedCorpus(os.path.join(local, manifest["corpus"]))
     if not tok.fingerprint == manifest["vocabulary"]["fingerprint"] == corpus.meta["tokenizer_fingerprint"]:
         raise PreparedCorpusError(
-            f"data.prepared={prepared!r}: the vocabulary or token cache does not match {MANIFEST}; prepare again"
+            f"data.prepared={prepared!r}: the vocabulary or token cache does not match {MANIFEST}; "
+            "prepare it again"
         )
     return tok, corpus
 

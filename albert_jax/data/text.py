@@ -200,8 +200,9 @@ def split_sentences(text: str) -> list[str]:
     A boundary is sentence punctuation (``. ! ? ...``) optionally followed by closing quotes or
     brackets, then whitespace, then a word that does not start in lower case. A period does not
     end a sentence after a title or Latin abbreviation (``Mr.``, ``e.g.``, ``cf.``), after a
-    single-letter initial other than ``I`` (``J. R. R. Tolkien``), or inside a number (``3.14``, since no space
-    follows). Whitespace, including newlines from hard-wrapped text, is collapsed.
+    single-letter initial other than ``I`` (``J. R. R. Tolkien``; a possessive such as ``Paul's`` is a
+    word), or inside a number (``3.14``, since no space follows). Whitespace, including newlines from
+    hard-wrapped text, is collapsed.
     """
     text = " ".join(text.split())
     if not text:
