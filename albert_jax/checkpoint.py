@@ -18,13 +18,19 @@ import os
 import re
 from typing import Any
 
+import fsspec
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+# gs:// through epath is gcsfs, whose directory-listing cache never sees what tensorstore (orbax's
+# arrays) or other hosts write, so a cached listing would hide new checkpoints: list afresh each time.
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 COMMIT_MARKER = "commit_success.txt"  # written into every finalized step by orbax >= 0.12.3
 BAD_PREFIX = "bad-"
@@ -63,7 +69,8 @@ class Checkpointer:
         async_save: bool = True,
         cleanup_tmp: bool = False,
     ):
-        self.directory = os.path.abspath(directory)
+        directory = epath.Path(directory)  # local or gs:// (a gs:// path counts as absolute)
+        self.directory = directory if directory.is_absolute() else directory.resolve()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every,
             max_to_keep=keep,
@@ -78,13 +85,13 @@ class Checkpointer:
 
     def _step_dirs(self) -> list[int]:
         try:
-            names = os.listdir(self.directory)
+            entries = list(self.directory.iterdir())
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+        return sorted(int(p.name) for p in entries if p.name.isdigit() and p.is_dir())
 
     def is_complete(self, step: int) -> bool:
-        return os.path.exists(os.path.join(self.directory, str(step), COMMIT_MARKER))
+        return (self.directory / str(step) / COMMIT_MARKER).exists()
 
     def all_steps(self) -> list[int]:
         """The complete checkpoints' steps, oldest first."""
@@ -198,11 +205,11 @@ class Checkpointer:
                 step,
                 self.directory,
                 why,
-                os.path.basename(target),
+                target.name,
                 restored,
             )
             if jax.process_index() == 0:
-                os.rename(os.path.join(self.directory, str(step)), target)
+                (self.directory / str(step)).rename(target)
         if bad:
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("albert_jax: bad checkpoints set aside")
@@ -229,8 +236,8 @@ def _agree(why: str | None) -> str | None:
     return why or "it failed to restore on another process"
 
 
-def _free_name(directory: str, name: str) -> str:
-    target, k = os.path.join(directory, name), 1
-    while os.path.exists(target):
-        target, k = os.path.join(directory, f"{name}.{k}"), k + 1
+def _free_name(directory: epath.Path, name: str) -> epath.Path:
+    target, k = directory / name, 1
+    while target.exists():
+        target, k = directory / f"{name}.{k}", k + 1
     return target

@@ -168,8 +168,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
     found: dict[str, Change] = {}
     for saved in workdir_lib.saved_configs(workdir):
         try:
-            with open(saved) as f:
-                old = json.load(f)
+            old = json.loads(saved.read_text())
         except (OSError, ValueError) as e:
             if override:
                 log.warning("allow_config_change=true: not comparing with the unreadable %s (%s)", saved, e)

@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from etils import epath
 from flax import traverse_util
 
 from albert_jax import hf, workdir
@@ -33,14 +34,14 @@ def load(
         raise ValueError(
             "init_from is empty: give an HF directory or a WORKDIR (or init_from=none on purpose)"
         )
-    if not os.path.exists(init_from):
+    if not epath.Path(init_from).exists():
         raise FileNotFoundError(
             f"init_from={init_from!r} does not exist; give an HF directory (config.json + weights + spiece.model) "
             "or a pretraining WORKDIR"
         )
     if workdir.is_run(init_from):
         config, saved_head = workdir.read_model_config(init_from, **overrides)
-        ckpt = Checkpointer(os.path.join(init_from, workdir.CHECKPOINTS), every=1, keep=1, async_save=False)
+        ckpt = Checkpointer(workdir.path(init_from, workdir.CHECKPOINTS), every=1, keep=1, async_save=False)
         try:
             if ckpt.latest_step() is None:
                 raise FileNotFoundError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
@@ -52,6 +53,11 @@ def load(
         saved = {k: v for k, v in saved.items() if k in ("albert", "predictions", "sop_classifier")}
         state_dict = hf.params_to_hf(config, saved)
         tokenizer = workdir.tokenizer(init_from)
+    elif workdir.is_url(init_from):
+        raise ValueError(
+            f"init_from={init_from!r}: only a run's WORKDIR is read from a URL; copy an HF directory to a local "
+            "path (or a gcsfuse mount) first"
+        )
     elif os.path.isfile(os.path.join(init_from, "config.json")):
         config = AlbertConfig.from_json(os.path.join(init_from, "config.json"), **overrides)
         state_dict = hf.load_state_dict(init_from)

@@ -11,6 +11,12 @@ A lock is stale, and is taken over with a warning, when
 
 Take-overs are serialised by a second exclusive file, so two restarts racing for a stale lock end
 with one holder.
+
+A `gs://` WORKDIR has no hard links, exclusive opens or mtimes to touch. There the lock is an object
+created with GCS's generation precondition (`ifGenerationMatch=0`, which gcsfs sends for mode "x"),
+after an existence check, and read back to confirm it is ours; the heartbeat rewrites it (the object's
+update time is its age). On GCS the precondition makes creation exclusive; a store that ignores it
+(the local emulator the tests use) gets only check-then-write, which a race in between can defeat.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import socket
 import threading
 import time
 from typing import Any, Iterator
+
+import fsspec
+from etils import epath
 
 from albert_jax import workdir as workdir_lib
 
@@ -90,12 +99,26 @@ def describe(holder: dict[str, Any] | None) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} (since {since})"
 
 
+def _create_object(path: epath.Path, text: str) -> bool:
+    """Create a gs:// object holding `text` unless it exists (see the module docstring)."""
+    fs, key = fsspec.core.url_to_fs(os.fspath(path))
+    if fs.exists(key):
+        return False
+    try:
+        with fs.open(key, "xb") as f:  # gcsfs: ifGenerationMatch=0, a 412 is FileExistsError
+            f.write(text.encode())
+    except FileExistsError:
+        return False
+    return path.read_text() == text  # without a precondition a racer may have written after us
+
+
 class RunLock:
     """`WORKDIR/run.lock`, held from `acquire()` to `release()`."""
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
+    def __init__(self, workdir: workdir_lib.PathLike):
+        self.workdir = epath.Path(workdir)
         self.path = workdir_lib.path(workdir, workdir_lib.LOCK)
+        self._url = workdir_lib.is_url(workdir)
         self._created_dir = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,9 +128,8 @@ class RunLock:
     def _read(self) -> tuple[dict[str, Any] | None, float, str]:
         """(holder, age of its last heartbeat in seconds, the file's text); holder None: no lock file."""
         try:
-            with open(self.path) as f:
-                text = f.read()
-            age = time.time() - os.stat(self.path).st_mtime
+            text = self.path.read_text()
+            age = time.time() - self._mtime(self.path)
         except FileNotFoundError:
             return None, 0.0, ""
         try:
@@ -115,6 +137,9 @@ class RunLock:
         except json.JSONDecodeError:
             holder = {}  # being written right now, or garbage
         return holder if isinstance(holder, dict) else {}, age, text
+
+    def _mtime(self, path: epath.Path) -> float:
+        return path.stat().mtime if self._url else os.stat(path).st_mtime  # epath's local stat is in seconds
 
     def _stale(self, holder: dict[str, Any], age: float) -> bool:
         if not holder:  # unreadable: give a writer a moment before calling it garbage
@@ -128,6 +153,8 @@ class RunLock:
     def _create(self) -> bool:
         """Create the lock with its contents in one step (a hard link of a finished file), so another
         process never reads a lock that exists but is still empty."""
+        if self._url:
+            return _create_object(self.path, json.dumps(_me()))
         tmp = f"{self.path}.{os.getpid()}.new"
         try:
             with open(tmp, "w") as f:
@@ -163,22 +190,21 @@ class RunLock:
 
     def _take_over(self, stale_text: str) -> bool:
         """Replace the lock if it still holds `stale_text`; only one process at a time tries."""
-        marker = self.path + ".takeover"
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        marker = self.path.with_name(self.path.name + ".takeover")
+        if not self._create_marker(marker):
             with contextlib.suppress(OSError):
-                if time.time() - os.stat(marker).st_mtime > _BREAK_STALE_AFTER_S:
-                    os.remove(marker)
+                if time.time() - self._mtime(marker) > _BREAK_STALE_AFTER_S:
+                    marker.unlink()
             return False
-        os.close(fd)
         try:
             try:
-                with open(self.path) as f:
-                    if f.read() != stale_text:
-                        return False  # someone else took it meanwhile
+                if self.path.read_text() != stale_text:
+                    return False  # someone else took it meanwhile
             except FileNotFoundError:
                 pass
+            if self._url:
+                self.path.write_text(json.dumps(_me()))  # an object write replaces it whole
+                return True
             tmp = f"{self.path}.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
                 json.dump(_me(), f)
@@ -188,13 +214,22 @@ class RunLock:
             return True
         finally:
             with contextlib.suppress(OSError):
-                os.remove(marker)
+                marker.unlink()
+
+    def _create_marker(self, marker: epath.Path) -> bool:
+        if self._url:
+            return _create_object(marker, json.dumps(_me()))
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
 
     def acquire(self) -> None:
         """Take the lock, or raise `WorkdirInUse` naming the live holder."""
-        if not os.path.isdir(self.workdir):
-            os.makedirs(self.workdir, exist_ok=True)
-            self._created_dir = True
+        if not self.workdir.is_dir():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._created_dir = not self._url  # a gs:// "directory" is only a name prefix
         holder = None
         for _ in range(5):
             if self._create():
@@ -219,7 +254,10 @@ class RunLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with contextlib.suppress(OSError):  # a full or flaky disk must not kill the run from here
-                os.utime(self.path)
+                if self._url:
+                    self.path.write_text(self.path.read_text())
+                else:
+                    os.utime(self.path)
 
     def release(self) -> None:
         self._stop.set()
@@ -229,9 +267,9 @@ class RunLock:
         holder, _, _ = self._read()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             with contextlib.suppress(OSError):
-                os.remove(self.path)
+                self.path.unlink()
         if self._created_dir:  # a run refused before writing anything leaves no empty WORKDIR behind
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # os.rmdir: epath's rmdir is a check, then rmtree
                 os.rmdir(self.workdir)
 
     def __enter__(self) -> "RunLock":
@@ -243,7 +281,7 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def held(workdir: str) -> Iterator[RunLock]:
+def held(workdir: workdir_lib.PathLike) -> Iterator[RunLock]:
     """`with held(workdir):` the lock for the block."""
     lock = RunLock(workdir)
     with lock:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 SPIECE_UNDERLINE = "▁"
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"
@@ -121,17 +122,16 @@ class AlbertTokenizer:
     ) -> None:
         if not isinstance(model_file, (str, os.PathLike)):
             raise TypeError(f"model_file must be a path, got {type(model_file).__name__}")
-        path = Path(model_file)
+        path = epath.Path(model_file)  # local or gs://: sentencepiece gets the bytes, never the path
         if path.is_dir():
             raise ValueError(
                 f"model_file {str(path)!r} is a directory; use AlbertTokenizer.from_pretrained for a checkpoint folder"
             )
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model file not found: {str(path)!r}")
-        if path.stat().st_size >= 1 << 31:  # protobuf's limit: this is not a SentencePiece model
-            raise ValueError(
-                f"{str(path)!r} is {path.stat().st_size} bytes, too large for a SentencePiece model"
-            )
+        size = path.stat().length
+        if size >= 1 << 31:  # protobuf's limit: this is not a SentencePiece model
+            raise ValueError(f"{str(path)!r} is {size} bytes, too large for a SentencePiece model")
         self.model_file = str(path)
         self.do_lower_case = bool(do_lower_case)
         self.remove_space = bool(remove_space)
@@ -234,7 +234,7 @@ class AlbertTokenizer:
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        path = Path(path)
+        path = epath.Path(path)
         if path.is_file():
             return cls(path, **kwargs)
         if not path.is_dir():
@@ -255,7 +255,7 @@ class AlbertTokenizer:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``spiece.model`` and a ``tokenizer_config.json`` that transformers can read."""
-        path = Path(path)
+        path = epath.Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / MODEL_FILE_NAME).write_bytes(self._model_bytes)
         config = {

@@ -13,15 +13,18 @@
       compilation_cache/     JAX's persistent compilation cache: a restarted run does not compile again
       eval_results.json  summary.json  predictions/   fine-tuning results
       seed_<k>/              fine-tuning with num_seeds > 1: one run directory per seed
+
+WORKDIR is a local path (or a gcsfuse mount) or a `gs://` URL: every path here is an `etils.epath.Path`,
+which reads and writes `gs://` through gcsfs, and orbax writes the arrays through tensorstore.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
 import ml_collections
+from etils import epath
 
 from albert_jax.config import AlbertConfig
 from albert_jax.tokenizer import AlbertTokenizer
@@ -41,61 +44,61 @@ SEED_DIR = "seed_{}"
 COMPILATION_CACHE = "compilation_cache"
 
 
-def path(workdir: str, name: str) -> str:
-    return os.path.join(workdir, name)
+PathLike = str | os.PathLike
 
 
-def seed_dir(workdir: str, k: int | str) -> str:
+def is_url(path: PathLike) -> bool:
+    """A `gs://` (or other fsspec) URL rather than a filesystem path, gcsfuse mounts included."""
+    return "://" in os.fspath(path)
+
+
+def path(workdir: PathLike, name: str) -> epath.Path:
+    return epath.Path(workdir) / name
+
+
+def seed_dir(workdir: PathLike, k: int | str) -> epath.Path:
     return path(workdir, SEED_DIR.format(k))
 
 
-def saved_configs(workdir: str) -> list[str]:
+def saved_configs(workdir: PathLike) -> list[epath.Path]:
     """The config.json of the run in WORKDIR and of its seed runs (fine-tuning), those that exist."""
-    found = [path(workdir, CONFIG)] + sorted(glob.glob(path(seed_dir(workdir, "*"), CONFIG)))
-    return [p for p in found if os.path.isfile(p)]
+    root = epath.Path(workdir)
+    if not root.is_dir():
+        return []
+    found = [path(root, CONFIG)] + sorted(root.glob(f"{SEED_DIR.format('*')}/{CONFIG}"))
+    return [p for p in found if p.is_file()]
 
 
-def check_local(workdir: str) -> None:
-    if "://" in workdir:
-        raise ValueError(
-            f"WORKDIR must be a filesystem path, got {workdir!r}; mount the bucket (e.g. with gcsfuse) and pass the "
-            "mount point"
-        )
-
-
-def is_run(directory: str) -> bool:
+def is_run(directory: PathLike) -> bool:
     """A directory written by a pretraining or fine-tuning run (it has a model config and checkpoints)."""
-    return os.path.isfile(path(directory, MODEL_CONFIG)) and os.path.isdir(path(directory, CHECKPOINTS))
+    return path(directory, MODEL_CONFIG).is_file() and path(directory, CHECKPOINTS).is_dir()
 
 
 def write_run_files(
-    workdir: str,
+    workdir: PathLike,
     config: ml_collections.ConfigDict,
     model_config: AlbertConfig,
     head: str,
     tokenizer: AlbertTokenizer,
 ) -> None:
     """The resolved config, the model's config.json (with its head class) and the vocabulary."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(path(workdir, CONFIG), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    path(workdir, CONFIG).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     hf = model_config.to_hf_dict()
     hf["architectures"] = [head]
     for name in ("dtype", "param_dtype", "scan_layers", "remat_policy"):  # JAX-side settings, kept for reruns
         hf[f"albert_jax_{name}"] = getattr(model_config, name)
-    with open(path(workdir, MODEL_CONFIG), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
+    path(workdir, MODEL_CONFIG).write_text(json.dumps(hf, indent=2, sort_keys=True))
     tokenizer.save_pretrained(workdir)
 
 
-def tokenizer(workdir: str) -> AlbertTokenizer:
+def tokenizer(workdir: PathLike) -> AlbertTokenizer:
     return AlbertTokenizer.from_pretrained(workdir)
 
 
-def read_model_config(workdir: str, **overrides) -> tuple[AlbertConfig, str]:
+def read_model_config(workdir: PathLike, **overrides) -> tuple[AlbertConfig, str]:
     """(AlbertConfig, head class name) of a run."""
-    with open(path(workdir, MODEL_CONFIG)) as f:
-        d = json.load(f)
+    d = json.loads(path(workdir, MODEL_CONFIG).read_text())
     jax_side = {k[len("albert_jax_") :]: v for k, v in d.items() if k.startswith("albert_jax_")}
     head = (d.get("architectures") or ["AlbertForPreTraining"])[0]
     return AlbertConfig.from_hf_dict(d, **{**jax_side, **overrides}), head

@@ -67,7 +67,7 @@ def default_cache_dir(data: ml_collections.ConfigDict) -> str:
     return data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "albert_jax")
 
 
-def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str) -> AlbertTokenizer:
+def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str | os.PathLike) -> AlbertTokenizer:
     """The spiece.model at ``path`` (a file or an HF/run directory); else ``own`` if it exists; else a
     ``vocab_size``-piece vocabulary trained on ``spec`` into ``own``.
 
@@ -76,14 +76,20 @@ def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str) -> Albert
     """
     if path:
         return AlbertTokenizer.from_pretrained(path)
-    if os.path.exists(own):
+    own = epath.Path(own)
+    if own.exists():
         return AlbertTokenizer(own)
     sentences = (s for doc in iter_documents(spec) for s in doc)
     first = next(sentences, None)  # CorpusError for a missing/empty corpus before `own` is written
     if first is None:
         raise CorpusError(f"the corpus {spec.describe()} has no sentences")
     log.info("training a %d-piece vocabulary on %s", vocab_size, spec.describe())
-    train_tokenizer(_chain(first, sentences), os.path.splitext(own)[0], vocab_size=vocab_size)
+    with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files; `own` may be gs://
+        trained = train_tokenizer(
+            _chain(first, sentences), os.path.join(tmp, "spiece"), vocab_size=vocab_size
+        )
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_bytes(epath.Path(trained).read_bytes())
     return AlbertTokenizer(own)
 
 

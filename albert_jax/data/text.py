@@ -40,6 +40,8 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 
+from etils import epath
+
 __all__ = [
     "MAX_DOCUMENT_PARAGRAPHS",
     "CorpusError",
@@ -238,13 +240,29 @@ def split_sentences(text: str) -> list[str]:
 # Text files.
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _glob(part: str) -> list[str]:
+    """The files that one pattern matches; a URL (gs://) is globbed through etils.epath."""
+    if not _is_url(part):
+        matches = glob.glob(os.path.expanduser(part), recursive=True)
+        return sorted(m for m in matches if os.path.isfile(m))
+    if not glob.has_magic(part):
+        return [part] if epath.Path(part).is_file() else []
+    parts = part.split("/")
+    fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    root = epath.Path("/".join(parts[:fixed]))
+    return sorted(str(p) for p in root.glob("/".join(parts[fixed:])) if p.is_file())
+
+
 def _expand_files(pattern: str) -> list[str]:
     paths: list[str] = []
     for part in (p.strip() for p in pattern.split(",")):
         if not part:
             continue
-        matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
-        matches = [m for m in matches if os.path.isfile(m)]
+        matches = _glob(part)
         if not matches:
             raise CorpusError(f"corpus files not found: no file matches {part!r}")
         paths.extend(matches)
@@ -257,7 +275,7 @@ def _read_lines(path: str) -> Iterator[str]:
     """Yields the lines of a UTF-8 file (no line ends, BOM removed); CorpusError on bad bytes."""
     offset = 0
     try:
-        with open(path, "rb") as f:
+        with epath.Path(path).open("rb") as f:
             for raw in f:
                 try:
                     line = raw.decode("utf-8")
@@ -268,7 +286,7 @@ def _read_lines(path: str) -> Iterator[str]:
                 offset += len(raw)
                 yield line.rstrip("\r\n")
     except OSError as e:
-        raise CorpusError(f"cannot read corpus file {path}: {e.strerror}") from None
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror or e}") from None
 
 
 _GUTENBERG_END = re.compile(r"\s*End of (the )?Project Gutenberg", re.IGNORECASE)
@@ -581,7 +599,7 @@ def source_fingerprint(spec: CorpusSpec) -> str:
     if spec.files and (spec.kind == "files" or spec.dataset in _HF_FILE_BUILDERS):
         stats = []
         for path in _expand_files(spec.files):
-            stats.append((os.path.abspath(path), *_size_and_mtime(path)))
+            stats.append((path if _is_url(path) else os.path.abspath(path), *_size_and_mtime(path)))
         key["files"] = stats
     local = spec.dataset if spec.kind == "hf" else spec.tfds
     if os.path.isdir(local):  # a dataset on disk: its files, so that rewriting it rebuilds the cache
@@ -596,5 +614,8 @@ def source_fingerprint(spec: CorpusSpec) -> str:
 
 
 def _size_and_mtime(path: str) -> tuple[int, int]:
+    if _is_url(path):
+        st = epath.Path(path).stat()  # gs://: whole seconds
+        return st.length, st.mtime
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns

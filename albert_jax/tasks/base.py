@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
@@ -88,7 +89,7 @@ class Task(abc.ABC):
         examples: Sequence[Any],
         features: Features,
         outputs: dict[str, np.ndarray],
-        out_dir: str | None,
+        out_dir: str | os.PathLike | None,
     ) -> dict[str, float]:
         """Scores one split with the official metric; `outputs` holds exactly one row per feature.
 

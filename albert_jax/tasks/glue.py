@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
 
@@ -478,8 +479,8 @@ def submission_file(task: str, split: str) -> str:
     return spec.submission[split]
 
 
-def _write_predictions(path: str, examples: Sequence[GlueExample], predictions: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+def _write_predictions(path: epath.Path, examples: Sequence[GlueExample], predictions: Sequence[str]) -> None:
+    with path.open("w") as f:  # UTF-8; local, gcsfuse or gs://
         f.write("index\tprediction\n")
         f.writelines(f"{e.index}\t{p}\n" for e, p in zip(examples, predictions, strict=True))
 
@@ -498,7 +499,7 @@ def write_submission(
     split: str,
     examples: Sequence[GlueExample],
     predictions: Sequence[Any] | np.ndarray,
-    out_dir: str,
+    out_dir: str | os.PathLike,
 ) -> str:
     """Writes the GLUE-server file of a predict split into `out_dir` and returns its path.
 
@@ -506,10 +507,10 @@ def write_submission(
     `index\\tprediction` with the labels as written in the data ("entailment", or 0/1 for binary tasks).
     """
     spec = get_spec(task)
-    path = os.path.join(out_dir, submission_file(task, split))
-    os.makedirs(out_dir, exist_ok=True)
+    path = epath.Path(out_dir) / submission_file(task, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
     _write_predictions(path, examples, _formatted(spec, predictions, clip=True))
-    return path
+    return str(path)
 
 
 class GlueTask(Task):
@@ -609,7 +610,7 @@ class GlueTask(Task):
         examples: Sequence[GlueExample],
         features: Features,
         outputs: dict[str, np.ndarray],
-        out_dir: str | None,
+        out_dir: str | os.PathLike | None,
     ) -> dict[str, float]:
         """Scores an eval split; with `out_dir`, writes `{split}.tsv` (and a predict split's server file)."""
         predictions = self.predictions(outputs)
@@ -620,9 +621,9 @@ class GlueTask(Task):
             )
         role = split_role(split)
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
+            epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
             _write_predictions(
-                os.path.join(out_dir, f"{split}.tsv"), examples, _formatted(self.spec, predictions)
+                epath.Path(out_dir) / f"{split}.tsv", examples, _formatted(self.spec, predictions)
             )
             if role == "predict":
                 write_submission(self.name, split, examples, predictions, out_dir)

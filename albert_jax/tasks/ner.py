@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
 
@@ -359,13 +360,13 @@ class NerTask(Task):
         examples: Sequence[Sentence],
         features: Features,
         outputs: dict[str, np.ndarray],
-        out_dir: str | None,
+        out_dir: str | os.PathLike | None,
     ) -> dict[str, float]:
         pred = self.predictions(examples, features, outputs)
         gold = [list(s.tags) for s in examples]
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, f"{split}.txt"), "w", encoding="utf-8") as f:
+            epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+            with (epath.Path(out_dir) / f"{split}.txt").open("w") as f:
                 for s, p in zip(examples, pred):
                     for word, g, t in zip(s.words, s.tags, p):
                         f.write(f"{word} {g} {t}\n")

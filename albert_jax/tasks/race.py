@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
 
@@ -278,14 +279,14 @@ class RaceTask(Task):
         examples: Sequence[RaceExample],
         features: Features,
         outputs: dict[str, np.ndarray],
-        out_dir: str | None,
+        out_dir: str | os.PathLike | None,
     ) -> dict[str, float]:
         del features
         predictions = np.argmax(np.asarray(outputs["logits"]), axis=-1)  # [N]
         metrics = race_accuracy(examples, predictions)
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, f"{split}.tsv"), "w", encoding="utf-8") as f:
+            epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+            with (epath.Path(out_dir) / f"{split}.tsv").open("w") as f:
                 f.write("id\tprediction\n")
                 for ex, p in zip(examples, predictions):
                     f.write(f"{ex.example_id}\t{LETTERS[int(p)]}\n")

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
 from albert_jax.tasks.squad_head import AlbertForQuestionAnsweringV2
@@ -375,12 +376,13 @@ class SquadPredictions:
 
     def write(self, out_dir: str | os.PathLike) -> None:
         """predictions.json, nbest_predictions.json and (v2) null_odds.json in `out_dir`."""
-        os.makedirs(out_dir, exist_ok=True)
+        out = epath.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
         files = {"predictions.json": self.predictions, "nbest_predictions.json": self.nbest}
         if self.null_odds is not None:
             files["null_odds.json"] = self.null_odds
         for name, obj in files.items():
-            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            with (out / name).open("w") as f:
                 json.dump(obj, f, indent=2, ensure_ascii=False)
                 f.write("\n")
 
@@ -837,7 +839,7 @@ class SquadTask(Task):
         examples: Sequence[SquadExample],
         features: Features,
         outputs: dict[str, np.ndarray],
-        out_dir: str | None,
+        out_dir: str | os.PathLike | None,
     ) -> dict[str, float]:
         result = self.postprocess(examples, features, outputs)
         if out_dir:

@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -147,7 +146,6 @@ def load_model(
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
     """Validate the config and read + featurise every split; raises one-line errors, writes nothing."""
-    workdir_lib.check_local(workdir)
     task = make_task(config)
     model_config, params, tokenizer = load_model(config, task, config.seed)
     if config.max_seq_length > model_config.max_position_embeddings:
@@ -202,7 +200,7 @@ class Evaluator:
     def __init__(self, setup: FinetuneSetup, predict, workdir: str):
         self.setup, self.predict, self.workdir = setup, predict, workdir
         self.best_path = workdir_lib.path(workdir, "best.json")
-        self.best = json.load(open(self.best_path)) if os.path.exists(self.best_path) else None
+        self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
         self.last: dict[str, Any] | None = None
         self.warnings: dict[str, str] = {}
 
@@ -236,13 +234,12 @@ class Evaluator:
         self.best = {"step": step, "value": value, "metrics": results}
         if jax.process_index() == 0:
             out_dir = workdir_lib.path(self.workdir, workdir_lib.PREDICTIONS)
-            os.makedirs(out_dir, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
             for split in self.setup.of_role("eval"):
                 self.setup.task.evaluate(
                     split.name, split.examples, split.features, outputs[split.name], out_dir
                 )
-            with open(self.best_path, "w") as f:
-                json.dump(self.best, f, indent=2)
+            self.best_path.write_text(json.dumps(self.best, indent=2))
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -410,7 +407,7 @@ def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, state_shard
     """Predictions of the best checkpoint for unlabelled splits (GLUE test → GLUE-server files)."""
     splits = setup.of_role("predict")
     best_dir = workdir_lib.path(workdir, workdir_lib.BEST)
-    if not splits or not os.path.isdir(best_dir):
+    if not splits or not best_dir.is_dir():
         return
     ckpt = Checkpointer(best_dir, every=1, keep=1, async_save=False)
     try:
@@ -421,13 +418,12 @@ def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, state_shard
     for split in splits:
         outputs = predict(params, split)
         if jax.process_index() == 0:
-            os.makedirs(out_dir, exist_ok=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
             split.task.evaluate(split.name, split.examples, split.features, outputs, out_dir)
 
 
 def _write_json(workdir: str, name: str, value: Any) -> None:
-    with open(workdir_lib.path(workdir, name), "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
+    workdir_lib.path(workdir, name).write_text(json.dumps(value, indent=2, sort_keys=True))
 
 
 def _print_summary(task: Task, summary: dict[str, Any]) -> None:

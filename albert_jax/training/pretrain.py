@@ -10,16 +10,15 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from albert_jax import inference, pretrained
 from albert_jax import sharding as sharding_lib
@@ -149,7 +148,6 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     Raises a ValueError/OSError subclass with a one-line message on any user mistake, before anything
     in WORKDIR is touched (except a vocabulary trained into WORKDIR when none is given).
     """
-    workdir_lib.check_local(workdir)
     model_config = model_config_from(config)
     init = None
     if config.init_from:
@@ -204,7 +202,7 @@ def _check_same_vocabulary(
     own = workdir_lib.path(workdir, workdir_lib.VOCAB)
     for name, other in (
         ("init_from", from_init),
-        (own, AlbertTokenizer(own) if os.path.exists(own) else None),
+        (own, AlbertTokenizer(own) if own.exists() else None),
     ):
         if other is not None and other.fingerprint != tokenizer.fingerprint:
             raise ValueError(f"data.prepared={prepared!r} was tokenized with another vocabulary than {name}")
@@ -213,7 +211,7 @@ def _check_same_vocabulary(
 def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str) -> AlbertTokenizer:
     """The configured spiece.model; else the one this run trained earlier; else train one now."""
     own = workdir_lib.path(workdir, workdir_lib.VOCAB)
-    if path or os.path.exists(own):
+    if path or own.exists():
         return prepare.vocabulary(path, spec, model_config.vocab_size, own)
     if jax.process_index() == 0:
         prepare.vocabulary(path, spec, model_config.vocab_size, own)
@@ -242,8 +240,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, flo
         workdir_lib.write_run_files(
             workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer
         )
-        with open(workdir_lib.path(workdir, workdir_lib.DATA), "w") as f:
-            json.dump({"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}, f, indent=2)
+        data = {"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}
+        workdir_lib.path(workdir, workdir_lib.DATA).write_text(json.dumps(data, indent=2))
     state, state_sharding = trainer.create_train_state(
         lambda rng: init_params(model, rng, config.seq_len),
         model.apply,

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache
@@ -63,14 +64,13 @@ class TrainingError(RuntimeError):
 
 
 @contextlib.contextmanager
-def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
+def claim_workdir(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike) -> Iterator[None]:
     """Holds WORKDIR's run lock for the block: a second run on it is refused with one line.
 
     Only process 0 takes the lock (WORKDIR is shared); every process learns the outcome. A refused
     run leaves WORKDIR as it was. Every run starts here, before anything compiles, so this is also
     where the persistent compilation cache is turned on (`use_compilation_cache`).
     """
-    workdir_lib.check_local(workdir)
     use_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
     lock, error = None, None
     if jax.process_index() == 0:
@@ -101,7 +101,7 @@ _CACHE_THRESHOLDS = {
 }
 
 
-def use_compilation_cache(setting: str, workdir: str) -> str | None:
+def use_compilation_cache(setting: str, workdir: workdir_lib.PathLike) -> str | None:
     """Turns on JAX's persistent compilation cache; returns its directory (None: off).
 
     `setting` is the config's `compilation_cache_dir`: "" keeps the cache in WORKDIR, "none" turns
@@ -111,7 +111,11 @@ def use_compilation_cache(setting: str, workdir: str) -> str | None:
     """
     if os.environ.get(_CACHE_DIR_ENV):
         return os.environ[_CACHE_DIR_ENV]
-    path = None if setting == "none" else setting or workdir_lib.path(workdir, workdir_lib.COMPILATION_CACHE)
+    path = (
+        None
+        if setting == "none"
+        else setting or os.fspath(workdir_lib.path(workdir, workdir_lib.COMPILATION_CACHE))
+    )
     if jax.config.jax_compilation_cache_dir != path:
         compilation_cache.set_cache_dir(path)
         compilation_cache.reset_cache()  # JAX opens the cache once per process; reopen it at `path`
@@ -320,28 +324,40 @@ def compiled_flops(compiled: Any) -> float | None:
 
 
 class MetricsSink:
-    """`metrics.jsonl` (one JSON object per logged step) and TensorBoard event files, on process 0."""
+    """`metrics.jsonl` (one JSON object per logged step) and TensorBoard event files, on process 0.
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    A gs:// object cannot be appended to: there the whole file is rewritten at each record (the
+    records are kept in memory). tensorboardX writes gs:// event files itself (google-cloud-storage).
+    """
+
+    def __init__(self, workdir: workdir_lib.PathLike, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = workdir_lib.path(workdir, workdir_lib.METRICS)
         self._tb = None
+        self._lines: list[str] | None = None  # gs://: every record so far
         if not self.enabled:
             return
-        _truncate_jsonl(self.path, resume_step)
+        kept = _truncate_jsonl(self.path, resume_step)
+        if workdir_lib.is_url(workdir):
+            self._lines = kept
         from tensorboardX import SummaryWriter  # Writes TensorBoard events without TensorFlow.
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.fspath(workdir_lib.path(workdir, "tensorboard")))
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
         if not self.enabled:
             return
         record = {"step": int(step), **{f"{prefix}{k}": _to_py(v) for k, v in metrics.items()}}
+        line = json.dumps(record) + "\n"
         try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if self._lines is None:
+                with open(self.path, "a") as f:
+                    f.write(line)
+            else:
+                self._lines.append(line)
+                self.path.write_text("".join(self._lines))
         except OSError as e:
-            raise OSError(e.errno, f"writing {self.path} failed: {e.strerror}") from e
+            raise OSError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
@@ -356,18 +372,18 @@ def _to_py(v: Any) -> Any:
     return v.item() if v.ndim == 0 else v.tolist()
 
 
-def _truncate_jsonl(path: str, resume_step: int) -> None:
-    """Drop records past the resumed step: a killed run logged steps that the resumed run redoes."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
+def _truncate_jsonl(path: epath.Path, resume_step: int) -> list[str]:
+    """Drop records past the resumed step: a killed run logged steps that the resumed run redoes.
+    Returns the lines kept."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
     keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= resume_step]
     if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
+    return keep
 
 
 class Preemption:
