@@ -211,3 +211,24 @@ def test_gs_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
     with run_lock.held(str(workdir)):  # its process is gone now
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_fine_tuning_result_files_go_to_the_bucket(gcs):
+    """Prediction files (written by the tasks) and the run's JSON files land in gs://, not in a local
+    "gs:" folder."""
+    from albert_jax.tasks import glue
+    from albert_jax.training import finetune
+
+    workdir = epath.Path(gcs) / "finetuned"
+    examples = [
+        glue.GlueExample(0, "A man sleeps.", "Nobody sleeps.", None),
+        glue.GlueExample(1, "x", "y", None),
+    ]
+    path = glue.write_submission(
+        "rte", "test", examples, ["not_entailment", "entailment"], workdir / "predictions"
+    )
+    assert path == f"{gcs}/finetuned/predictions/RTE.tsv"
+    assert epath.Path(path).read_text() == "index\tprediction\n0\tnot_entailment\n1\tentailment\n"
+    finetune._write_json(str(workdir), "summary.json", {"best": {"step": 3}})
+    assert json.loads((workdir / "summary.json").read_text()) == {"best": {"step": 3}}
+    assert not os.path.exists(os.path.join(os.getcwd(), "gs:"))
