@@ -48,7 +48,7 @@ PathLike = str | os.PathLike
 
 
 def is_url(path: PathLike) -> bool:
-    """A `gs://` (or other fsspec) URL rather than a filesystem path, gcsfuse mounts included."""
+    """A `gs://` (or other fsspec) URL, not a filesystem path (a gcsfuse mount is a filesystem path)."""
     return "://" in os.fspath(path)
 
 
