@@ -248,10 +248,11 @@ def test_ngram_lengths_6_3_2(corpus, examples):
     expected = np.array([6, 3, 2]) / 11
     drawn_frac = drawn[1:] / drawn[1:].sum()
     assert np.abs(drawn_frac - expected).max() < 0.02, drawn_frac
-    # Masked n-grams are biased to 1 (budget shortening, overlap skips), as in the original.
+    # Masked n-grams are biased to 1 (budget shortening, overlap skips), as in the original; the more so
+    # the shorter the examples (most of the embedded corpus's docstrings are shorter than CFG.seq_len).
     masked_frac = masked[1:] / masked[1:].sum()
     assert masked_frac[0] > masked_frac[1] > masked_frac[2]
-    assert np.abs(masked_frac - expected).max() < 0.12, masked_frac
+    assert np.abs(masked_frac - expected).max() < 0.14, masked_frac
 
 
 def test_ngram_length_near_the_end_is_cut_not_reweighted():
@@ -416,11 +417,14 @@ def test_chunk_index(corpus):
     assert (chunks.stop <= np.asarray(corpus.document_offsets)[doc_of + 1]).all()  # within a document
     short = chunks.target_len < CFG.max_num_tokens
     assert 0.04 < short.mean() < 0.2  # short_seq_prob = 0.1
-    # Consecutive chunks of a document stop as soon as the target is reached.
+    # Consecutive chunks of a document stop as soon as the target is reached (a sentence reaching it
+    # alone takes the next one with it, and a lone last sentence of the document joins the chunk before).
     lengths = np.diff(corpus.sentence_offsets)
+    doc_end = np.asarray(corpus.document_offsets)[doc_of + 1]
     for c in range(0, len(chunks), 9):
         s, e = chunks.start[c], chunks.stop[c]
-        assert lengths[s : e - 2].sum() < chunks.target_len[c] or e - s <= 2
+        joined = e == doc_end[c] and e - s == 3
+        assert lengths[s : e - 2].sum() < chunks.target_len[c] or e - s <= 2 or joined
 
 
 def test_train_eval_split(corpus):

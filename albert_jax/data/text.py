@@ -23,8 +23,8 @@ the ``End of the Project Gutenberg EBook`` line before it) are stripped when pre
 
 With every source field empty, the embedded corpus is used: text that ships with every CPython, so
 it needs no download. It is the reference manual's topics (``pydoc_data.topics``, one document per
-section) followed by the standard library's docstrings (one document per module, prose only),
-about 16k sentences.
+section) followed by the standard library's docstrings (one document per docstring of two or more
+prose sentences), about 13k sentences in 3.2k documents.
 """
 
 from __future__ import annotations
@@ -494,10 +494,14 @@ _STDLIB_SKIP = frozenset(
 
 
 def _stdlib_docstring_documents() -> Iterator[list[str]]:
-    """One document per standard-library module: the prose of its docstrings, in source order.
+    """One document per standard-library docstring (module, class or function) with two or more prose
+    sentences.
 
-    Read with ``ast`` (nothing is imported), in sorted path order, so the text is fixed for a given
-    Python version (which ``source_fingerprint`` includes).
+    A docstring is one coherent text; a module's docstrings one after another are not (``ast.walk`` goes
+    breadth first, and consecutive functions rarely continue each other), so joining them would give
+    sentence-order examples whose order cannot be told. Read with ``ast`` (nothing is imported), in
+    sorted path order, so the text is fixed for a given Python version (which ``source_fingerprint``
+    includes).
     """
     root = sysconfig.get_paths()["stdlib"]
     paths = []
@@ -510,16 +514,17 @@ def _stdlib_docstring_documents() -> Iterator[list[str]]:
                 tree = ast.parse(f.read())
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
-        doc: list[str] = []
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 text = ast.get_docstring(node)
-                if text:
-                    for para in _prose_paragraphs(text.splitlines()):
-                        if len(para) >= 40 and sum(c.isalpha() or c == " " for c in para) > 0.85 * len(para):
-                            doc.extend(split_sentences(para))
-        if len(doc) >= 2:
-            yield doc
+                if not text:
+                    continue
+                doc: list[str] = []
+                for para in _prose_paragraphs(text.splitlines()):
+                    if len(para) >= 40 and sum(c.isalpha() or c == " " for c in para) > 0.85 * len(para):
+                        doc.extend(split_sentences(para))
+                if len(doc) >= 2:
+                    yield doc
 
 
 def _pydoc_topic_documents() -> Iterator[list[str]]:
