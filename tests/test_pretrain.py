@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from albert_jax import sharding as sharding_lib
 from configs import pretrain as pretrain_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE_VOCAB = os.path.join(REPO, "tests", "fixtures", "tokenizer", "spiece.model")
 
 # A model small enough for a 2-core CI machine, with everything else as in the `tiny` preset.
 SMALL = {
@@ -74,12 +76,11 @@ def cli_args(workdir, tmp_path, **overrides):
 
 
 def test_tiny_run_learns(tmp_path):
-    """The `tiny` preset's model at seq 64 for 500 steps (~1.5 min): MLM loss falls well below its start,
-    and held-out MLM accuracy clearly beats always predicting the most frequent target token (a model
-    stuck at unigram statistics scores exactly that baseline)."""
+    """The `tiny` preset for 500 steps (~1.5 min): MLM loss falls well below its start, and held-out MLM
+    accuracy clearly beats always predicting the most frequent target token (a model stuck at unigram
+    statistics scores exactly that baseline)."""
     workdir = str(tmp_path / "run")
     config = pretrain_configs.get_config("tiny")
-    config.seq_len, config.data.max_predictions_per_seq = 64, 10
     config.total_steps, config.warmup_steps, config.log_every = 500, 50, 10
     config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
     config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
@@ -102,7 +103,10 @@ def test_tiny_run_learns(tmp_path):
         assert key in train[-1]
     # Run files: resolved config, model config, vocabulary, TensorBoard events, a final checkpoint.
     assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 500
-    assert AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size == 5000
+    assert (
+        AlbertConfig.from_json(os.path.join(workdir, "model_config.json")).vocab_size
+        == config.model.vocab_size
+    )
     assert os.path.exists(os.path.join(workdir, "spiece.model"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert "500" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -125,6 +129,73 @@ def test_tiny_run_learns(tmp_path):
     with torch.no_grad():
         theirs = hf(**{k: torch.tensor(v) for k, v in enc.items()})
     np.testing.assert_allclose(ours.prediction_logits, theirs.prediction_logits.numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def embedded_setup(tmp_path_factory):
+    """The embedded corpus tokenized with the fixture vocabulary, resolved as the `tiny` run resolves it."""
+    tmp = tmp_path_factory.mktemp("embedded")
+    config = pretrain_configs.get_config("tiny")
+    set_keys(
+        config,
+        {"model.vocab_size": 2000, "data.tokenizer": FIXTURE_VOCAB, "data.cache_dir": str(tmp / "cache")},
+    )
+    return pretrain.resolve(config, str(tmp / "run"))
+
+
+def _detokenized(setup, docs):
+    corpus, tok = setup.corpus, setup.tokenizer
+    return {
+        "".join(tok.convert_ids_to_tokens(corpus.sentence(i).tolist())).replace("▁", " ").strip()
+        for d in docs
+        for i in corpus.document_sentence_range(int(d))
+    }
+
+
+def test_fill_mask_examples_are_held_out_sentences_masked_by_the_rule(embedded_setup):
+    examples = pretrain.fill_mask_examples(embedded_setup)
+    assert len(examples) == pretrain.NUM_FILL_MASK_EXAMPLES
+    assert examples == pretrain.fill_mask_examples(embedded_setup)  # deterministic
+    _, eval_docs = embedded_setup.corpus.document_split(embedded_setup.data_config.eval_fraction)
+    held_out = _detokenized(embedded_setup, eval_docs)
+    tok = embedded_setup.tokenizer
+    for text, target in examples:
+        word = target.removeprefix("▁")
+        assert target.startswith("▁") and len(word) >= 4 and word.isalpha(), target
+        assert word not in pretrain._STOPWORDS
+        assert text.replace("[MASK]", word) in held_out, text
+        ids = tok(text, return_tensors="np")["input_ids"][0]
+        assert list(ids).count(tok.mask_token_id) == 1, text
+
+
+def test_summary_prints_the_examples_and_counts_hits(embedded_setup, capsys, monkeypatch):
+    """Every example's text, masked word and five guesses; the hit count matches the marked guesses.
+    fill_mask is replaced by one that guesses right for every other example (its own test is elsewhere)."""
+    examples = pretrain.fill_mask_examples(embedded_setup)
+    answers = {text: target for text, target in examples}
+    others = [("▁the", 0.3), (",", 0.2), ("▁", 0.1), ("▁a", 0.05)]
+
+    def fake_fill_mask(model, params, tok, text):
+        right = list(answers).index(text) % 2 == 0
+        return [([(answers[text], 0.01)] if right else [("▁of", 0.01)]) + others]
+
+    monkeypatch.setattr(pretrain.inference, "fill_mask", fake_fill_mask)
+    final = {"mlm_accuracy": 0.25, "mlm_majority_accuracy": 0.05, "sop_accuracy": 0.75}
+    pretrain._print_summary(final, None, None, embedded_setup)
+    lines = capsys.readouterr().out.splitlines()
+    n = pretrain.NUM_FILL_MASK_EXAMPLES
+    assert lines[0] == (
+        "held-out MLM accuracy 0.2500 (most-frequent-token baseline 0.0500), SOP accuracy 0.7500 (chance 0.5)"
+    )
+    assert len(lines) == 3 + 2 * n
+    assert [line.strip() for line in lines[2:-1:2]] == [text for text, _ in examples]
+    guesses = [re.findall(r"(\S*) (\d\.\d\d)", g.split(": ", 1)[1]) for g in lines[3:-1:2]]
+    assert [[piece for piece, _ in g] for g in guesses[:2]] == [
+        ["*" + examples[0][1].removeprefix("▁"), "the", ",", "▁", "a"],
+        ["of", "the", ",", "▁", "a"],
+    ]
+    assert all(len(g) == 5 for g in guesses)
+    assert lines[-1] == f"masked word in the top 5: {(n + 1) // 2} of {n}"
 
 
 def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):

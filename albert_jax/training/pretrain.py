@@ -277,8 +277,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, flo
     eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 
     def evaluate_state(state, step):
-        del step
         metrics = evaluate(eval_fn, state.params, setup, config, data_sharding)
+        if metrics:
+            log.info(
+                "step %d held-out: MLM accuracy %.4f (baseline %.4f), SOP accuracy %.4f",
+                step,
+                metrics["mlm_accuracy"],
+                metrics["mlm_majority_accuracy"],
+                metrics["sop_accuracy"],
+            )
         return {f"eval_{k}": v for k, v in metrics.items()}
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -325,31 +332,107 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
     return out
 
 
-def _fill_mask_example(setup: PretrainSetup) -> str:
-    """A held-out sentence with one whole word masked."""
-    for d in setup.corpus.document_split(setup.data_config.eval_fraction)[1][:50]:
+# Function words never chosen as the masked word of a fill-mask example (guessing them shows little).
+_STOPWORDS = frozenset(
+    {
+        "also",
+        "been",
+        "both",
+        "does",
+        "each",
+        "from",
+        "have",
+        "into",
+        "its",
+        "itself",
+        "just",
+        "like",
+        "many",
+        "more",
+        "most",
+        "much",
+        "must",
+        "only",
+        "other",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "until",
+        "very",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+    }
+)
+NUM_FILL_MASK_EXAMPLES = 6
+
+
+def fill_mask_examples(setup: PretrainSetup, n: int = NUM_FILL_MASK_EXAMPLES) -> list[tuple[str, str]]:
+    """(text with one [MASK], the masked piece) for the first `n` held-out documents that have a sentence
+    of 8-40 pieces with a maskable word: a whole word of 4 or more letters that is one vocabulary piece and
+    not a stopword. Each document gives its first such sentence, with the middle maskable word masked."""
+    start_piece = setup.corpus.token_info.start_piece
+    out = []
+    for d in setup.corpus.document_split(setup.data_config.eval_fraction)[1]:
         for i in setup.corpus.document_sentence_range(int(d)):
-            pieces = setup.tokenizer.convert_ids_to_tokens(setup.corpus.sentence(i).tolist())
-            words = [p for p in pieces if p.startswith("▁") and len(p) > 3 and p[1:].isalpha()]
-            if 6 <= len(pieces) <= 30 and words:
-                target = words[len(words) // 2]
-                pieces = ["▁[MASK]" if p == target else p for p in pieces]
-                return "".join(pieces).replace("▁", " ").strip()
-    return "the [MASK] of the world."
+            ids = setup.corpus.sentence(i).tolist()
+            pieces = setup.tokenizer.convert_ids_to_tokens(ids)
+            whole = [
+                j
+                for j, p in enumerate(pieces)
+                if p.startswith("▁")
+                and len(p) > 4
+                and p[1:].isascii()
+                and p[1:].isalpha()
+                and p[1:].lower() not in _STOPWORDS
+                and (j + 1 == len(ids) or start_piece[ids[j + 1]])
+            ]
+            if 8 <= len(pieces) <= 40 and whole:
+                j = whole[len(whole) // 2]
+                masked = pieces[:j] + ["▁[MASK]"] + pieces[j + 1 :]
+                out.append(("".join(masked).replace("▁", " ").strip(), pieces[j]))
+                break
+        if len(out) == n:
+            break
+    return out
 
 
 def _print_summary(final_eval, model, params, setup: PretrainSetup) -> None:
     print(
         f"held-out MLM accuracy {final_eval['mlm_accuracy']:.4f} "
         f"(most-frequent-token baseline {final_eval['mlm_majority_accuracy']:.4f}), "
-        f"SOP accuracy {final_eval['sop_accuracy']:.4f}"
+        f"SOP accuracy {final_eval['sop_accuracy']:.4f} (chance 0.5)"
     )
-    text = _fill_mask_example(setup)
-    try:
-        preds = inference.fill_mask(model, params, setup.tokenizer, text)
-    except ValueError as e:  # e.g. the example is longer than the model's positions
-        print(f"fill-mask skipped: {e}")
-        return
-    print(f"fill-mask: {text}")
-    for i, cands in enumerate(preds):
-        print(f"  [MASK] {i}: " + ", ".join(f"{p} ({q:.2f})" for p, q in cands))
+    examples = fill_mask_examples(setup)
+    print(f"fill-mask, {len(examples)} held-out sentences (top 5; * = the masked word):")
+    hits = 0
+    for text, target in examples:
+        try:
+            (cands,) = inference.fill_mask(model, params, setup.tokenizer, text)
+        except ValueError as e:  # e.g. the example is longer than the model's positions
+            print(f"  skipped: {e}")
+            continue
+        hits += any(p == target for p, _ in cands)
+        shown = ", ".join(f"{'*' if p == target else ''}{p.removeprefix('▁') or p} {q:.2f}" for p, q in cands)
+        print(f"  {text}\n    [MASK] = {target.removeprefix('▁')}: {shown}")
+    print(f"masked word in the top 5: {hits} of {len(examples)}")
