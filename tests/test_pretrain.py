@@ -76,19 +76,19 @@ def cli_args(workdir, tmp_path, **overrides):
 
 
 def test_tiny_run_learns(tmp_path):
-    """The `tiny` preset for 500 steps (~1.5 min): MLM loss falls well below its start, and held-out MLM
-    accuracy clearly beats always predicting the most frequent target token (a model stuck at unigram
-    statistics scores exactly that baseline)."""
+    """The `tiny` preset at batch 32 for 500 steps (~1.5 min): MLM loss falls well below its start, and
+    held-out MLM accuracy clearly beats always predicting the most frequent target token (a model stuck at
+    unigram statistics scores exactly that baseline)."""
     workdir = str(tmp_path / "run")
     config = pretrain_configs.get_config("tiny")
-    config.total_steps, config.warmup_steps, config.log_every = 500, 50, 10
+    config.batch_size, config.total_steps, config.warmup_steps, config.log_every = 32, 500, 50, 10
     config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
     config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
     final = pretrain.run(config, workdir)
     train = [m for m in read_metrics(workdir) if "loss" in m]
     assert train[0]["step"] == 10 and train[-1]["step"] == 500
-    start = np.log(config.model.vocab_size)  # uniform prediction
-    assert train[-1]["mlm_loss"] < start - 2.0, (start, train[-1]["mlm_loss"])
+    start = np.log(config.model.vocab_size)  # uniform prediction: 8.0 nats for 3000 pieces
+    assert train[-1]["mlm_loss"] < start - 1.5, (start, train[-1]["mlm_loss"])
     assert final["mlm_accuracy"] > 1.25 * final["mlm_majority_accuracy"], final
     for key in (
         "loss",
