@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # Bump when the text -> sentences logic changes, so cached tokenizations are rebuilt.
-TEXT_PIPELINE_VERSION = 2
+TEXT_PIPELINE_VERSION = 3
 MAX_DOCUMENT_PARAGRAPHS = 50
 _AUTO_SAMPLE_LINES = 400
 _LINE_LAYOUT_THRESHOLD = 0.8
