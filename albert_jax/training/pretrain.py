@@ -343,7 +343,6 @@ _STOPWORDS = frozenset(
         "from",
         "have",
         "into",
-        "its",
         "itself",
         "just",
         "like",
