@@ -1,0 +1,326 @@
+"""The MLM+SOP pretraining step: compile time, step time, tokens/s, model TFLOP/s, MFU and peak memory.
+
+Usage::
+
+    python benchmarks/train_step.py --preset base --batch-size 8 --seq-len 128 --steps 10 --compare hf-torch
+    python benchmarks/train_step.py --preset large --batch-size 2 --seq-len 128 --steps 3 --compare unrolled
+    python benchmarks/train_step.py --preset large --layers 48 --batch-size 2 --steps 3
+    python benchmarks/train_step.py --preset large --seq-len 512 --batch-size 8 --dtype bfloat16 --remat dots
+
+Times the real step (`trainer.jit_train_step` with `training.pretrain`'s loss, LAMB or ALBERT's AdamW
+behind clipping and the non-finite guard, on a sharded state) on synthetic batches shaped like the
+data pipeline's. `--compare hf-torch` runs transformers' `AlbertForPreTraining` (PyTorch, same config,
+same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping) in the same
+invocation; `--compare unrolled` compiles the same step with `scan_layers=False` (HF Flax's layout). The
+ratios are ours / theirs for tokens/s and theirs / ours for compile time. The last line is one JSON
+object. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
+]  # our tokenize.py shadows stdlib
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from albert_jax import sharding as sharding_lib
+from albert_jax.config import AlbertConfig
+from albert_jax.modeling import AlbertForPreTraining, init_params
+from albert_jax.training import pretrain, trainer
+
+MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len below
+
+# Dense peak TFLOP/s by device kind and dtype (vendor datasheets), for MFU. CPUs: pass --peak-tflops.
+PEAK_TFLOPS = {
+    ("NVIDIA H100", "bfloat16"): 989.0,
+    ("NVIDIA H100", "float32"): 494.0,  # TF32 tensor cores, which XLA uses for fp32 matmuls by default
+    ("NVIDIA H200", "bfloat16"): 989.0,
+    ("NVIDIA H200", "float32"): 494.0,
+    ("NVIDIA A100", "bfloat16"): 312.0,
+    ("NVIDIA A100", "float32"): 156.0,
+    ("TPU v4", "bfloat16"): 275.0,
+    ("TPU v5 lite", "bfloat16"): 197.0,
+    ("TPU v5", "bfloat16"): 459.0,
+    ("TPU v6 lite", "bfloat16"): 918.0,
+}
+
+
+def model_config(args) -> AlbertConfig:
+    overrides: dict[str, Any] = dict(
+        max_position_embeddings=max(512, args.seq_len),
+        dtype=args.dtype,
+        remat_policy=args.remat,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    if args.layers:
+        overrides["num_hidden_layers"] = args.layers
+    if args.vocab_size:
+        overrides["vocab_size"] = args.vocab_size
+    return AlbertConfig.from_preset(args.preset, **overrides)
+
+
+def model_flops_per_step(cfg: AlbertConfig, batch: int, seq: int, predictions: int) -> float:
+    """Training FLOPs of one step (3x the forward's matmul FLOPs), counting what the model computes:
+    the E->H projection, L layers of attention and FFN, the pooler + SOP head, and the MLM head at the
+    masked positions only."""
+    h, i, e, v, layers = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.embedding_size,
+        cfg.vocab_size,
+        cfg.num_hidden_layers,
+    )
+    tokens = batch * seq
+    per_token_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h  # projections + QK^T and PV
+    forward = tokens * (2 * e * h + layers * per_token_layer)
+    forward += batch * 2 * (h * h + 2 * h)  # pooler + SOP
+    forward += batch * predictions * 2 * (h * e + e * v)  # MLM transform + decoder
+    return 3.0 * forward
+
+
+def synthetic_batch(cfg: AlbertConfig, batch: int, seq: int, predictions: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    positions = np.stack([np.sort(rng.choice(np.arange(1, seq - 1), predictions, replace=False)) for _ in range(batch)])
+    return {
+        "input_ids": rng.integers(5, cfg.vocab_size, (batch, seq), dtype=np.int32),
+        "attention_mask": np.ones((batch, seq), np.int32),
+        "token_type_ids": (np.arange(seq)[None, :] >= seq // 2).astype(np.int32).repeat(batch, 0),
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": rng.integers(5, cfg.vocab_size, (batch, predictions), dtype=np.int32),
+        "masked_lm_weights": np.ones((batch, predictions), np.float32),
+        "sentence_order_label": rng.integers(0, 2, (batch,), dtype=np.int32),
+    }
+
+
+def peak_device_memory() -> int | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
+    """Compile and time the project's step; returns its numbers."""
+    mesh = sharding_lib.make_mesh()
+    rules = sharding_lib.DEFAULT_RULES
+    run_cfg = ml_collections.ConfigDict(
+        dict(
+            optimizer=args.optimizer,
+            learning_rate=1e-4,
+            total_steps=10_000,
+            warmup_steps=100,
+            weight_decay=0.01,
+            clip_norm=1.0,
+        )
+    )
+    model = AlbertForPreTraining(cfg)
+    tx, schedule = trainer.make_tx(run_cfg)
+    t0 = time.perf_counter()
+    state, state_sharding = trainer.create_train_state(
+        lambda rng: init_params(model, rng, args.seq_len), model.apply, tx, mesh, rules, seed=0
+    )
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    data_sharding = sharding_lib.batch_sharding(mesh, rules)
+    step = trainer.jit_train_step(
+        pretrain.pretraining_loss,
+        pretrain.loss_norm,
+        pretrain._summarise,
+        seed=0,
+        schedule=schedule,
+        grad_accum_steps=1,
+        state_sharding=state_sharding,
+        data_sharding=data_sharding,
+    )
+    batch = jax.device_put(batch_np, data_sharding)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        lowered = step.lower(state, batch)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        times = []
+        for _ in range(args.warmup + args.steps):
+            s = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - s)
+    mem = compiled.memory_analysis()
+    step_s = statistics.median(times[args.warmup :])
+    return {
+        "params": trainer.count_params(state.params),
+        "init_s": init_s,
+        "lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "compile_time_s": t2 - t0,
+        "step_time_s": step_s,
+        "loss": float(metrics["loss"]),
+        "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+        "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+        "peak_device_bytes": peak_device_memory(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
+    """transformers' AlbertForPreTraining with the same config, shapes and AdamW + clipping."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    hf_cfg = transformers.AlbertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
+    torch.manual_seed(0)
+    model = transformers.AlbertForPreTraining(hf_cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+    labels = np.full(batch_np["input_ids"].shape, -100, np.int64)
+    np.put_along_axis(labels, batch_np["masked_lm_positions"], batch_np["masked_lm_ids"], axis=1)
+    inputs = {
+        "input_ids": torch.from_numpy(batch_np["input_ids"].astype(np.int64)),
+        "attention_mask": torch.from_numpy(batch_np["attention_mask"].astype(np.int64)),
+        "token_type_ids": torch.from_numpy(batch_np["token_type_ids"].astype(np.int64)),
+        "labels": torch.from_numpy(labels),
+        "sentence_order_label": torch.from_numpy(batch_np["sentence_order_label"].astype(np.int64)),
+    }
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    t0 = time.perf_counter()
+    step()  # the first step allocates the optimizer state
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(max(args.warmup - 1, 0) + args.steps):
+        s = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - s)
+    return {"first_step_s": first, "step_time_s": statistics.median(times[-args.steps :])}
+
+
+def measure_unrolled(cfg: AlbertConfig, args, batch_np: dict) -> dict:
+    """Compile time of the same step with the layers unrolled (HF Flax's layout)."""
+    unrolled = dict(vars(args), steps=1, warmup=0)
+    return measure_ours(cfg.replace(scan_layers=False), argparse.Namespace(**unrolled), batch_np)
+
+
+def peak_tflops(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    kind = jax.devices()[0].device_kind
+    for (prefix, dtype), tflops in PEAK_TFLOPS.items():
+        if kind.startswith(prefix) and dtype == args.dtype:
+            return tflops
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="base", help="base|large|xlarge|xxlarge[-v1|-v2]")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none", help="none|full|dots|dots_with_no_batch_dims")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"))
+    p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (depth scaling)")
+    p.add_argument("--vocab-size", type=int, default=0)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (CPUs have no table)")
+    p.add_argument(
+        "--compare", default="", help="comma-separated: hf-torch (step time), unrolled (compile time)"
+    )
+    args = p.parse_args()
+    compare = [c for c in args.compare.split(",") if c]
+    for c in compare:
+        if c not in ("hf-torch", "unrolled"):
+            p.error(f"unknown --compare {c!r}; choose hf-torch and/or unrolled")
+    if "hf-torch" in compare and args.optimizer != "adamw":
+        p.error("--compare hf-torch needs --optimizer adamw (torch has no LAMB; the same optimizer on both sides)")
+
+    cfg = model_config(args)
+    predictions = max(1, round(MAX_PREDICTIONS * args.seq_len / 128))
+    batch = synthetic_batch(cfg, args.batch_size, args.seq_len, predictions)
+    tokens = args.batch_size * args.seq_len
+    flops = model_flops_per_step(cfg, args.batch_size, args.seq_len, predictions)
+    print(
+        f"device {jax.devices()[0].device_kind} x{jax.device_count()}  preset {args.preset}  "
+        f"layers {cfg.num_hidden_layers}  batch {args.batch_size}  seq {args.seq_len}  {args.dtype}  "
+        f"remat {args.remat}  optimizer {args.optimizer}"
+    )
+    ours = measure_ours(cfg, args, batch)
+    tflops = flops / ours["step_time_s"] / 1e12
+    peak = peak_tflops(args)
+    peak_mem = ours["peak_device_bytes"] or ours["peak_rss_bytes"]
+    result = {
+        "preset": args.preset,
+        "layers": cfg.num_hidden_layers,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "dtype": args.dtype,
+        "remat": args.remat,
+        "optimizer": args.optimizer,
+        "device": jax.devices()[0].device_kind,
+        "params": ours["params"],
+        "tokens_per_sec": tokens / ours["step_time_s"],
+        "step_time_s": ours["step_time_s"],
+        "compile_time_s": ours["compile_time_s"],
+        "lower_time_s": ours["lower_s"],
+        "model_tflops_per_sec": tflops,
+        "mfu": tflops / peak if peak else None,
+        "peak_memory_bytes": peak_mem,
+        "peak_memory_kind": "device" if ours["peak_device_bytes"] else "process_rss",
+        "xla_temp_bytes": ours["xla_temp_bytes"],
+        "xla_argument_bytes": ours["xla_argument_bytes"],
+    }
+    print(
+        f"ours: {ours['params']:,} params  compile {ours['compile_time_s']:.2f} s "
+        f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f})  step {ours['step_time_s'] * 1e3:.1f} ms  "
+        f"{result['tokens_per_sec']:,.0f} tokens/s  {tflops:.3f} model TFLOP/s"
+        + (f"  MFU {result['mfu']:.1%}" if result["mfu"] else "")
+        + f"  peak memory {peak_mem / 2**30:.2f} GiB ({result['peak_memory_kind']})"
+    )
+    if "unrolled" in compare:
+        unrolled = measure_unrolled(cfg, args, batch)
+        result["unrolled_compile_time_s"] = unrolled["compile_time_s"]
+        result["compile_speedup_vs_unrolled"] = unrolled["compile_time_s"] / ours["compile_time_s"]
+        print(
+            f"unrolled ({cfg.num_hidden_layers} layers): compile {unrolled['compile_time_s']:.2f} s  -> "
+            f"scanned compiles {result['compile_speedup_vs_unrolled']:.2f}x faster"
+        )
+    if "hf-torch" in compare:
+        hf = measure_hf_torch(cfg, args, batch)
+        result["hf_torch_tokens_per_sec"] = tokens / hf["step_time_s"]
+        result["hf_torch_step_time_s"] = hf["step_time_s"]
+        result["hf_torch_first_step_s"] = hf["first_step_s"]
+        result["speedup_vs_hf_torch"] = result["tokens_per_sec"] / result["hf_torch_tokens_per_sec"]
+        print(
+            f"HF torch: step {hf['step_time_s'] * 1e3:.1f} ms  {result['hf_torch_tokens_per_sec']:,.0f} tokens/s  "
+            f"first step {hf['first_step_s']:.2f} s  -> ours is {result['speedup_vs_hf_torch']:.2f}x"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
