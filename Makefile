@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/tiny
+# Config overrides for `make pretrain`, e.g. ARGS="--config.total_steps=1000".
+ARGS ?=
 
 .PHONY: test pretrain install install-test clean
 
@@ -24,7 +26,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 pretrain: $(VENV)/.installed
-	$(PY) pretrain.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)
+	$(PY) pretrain.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

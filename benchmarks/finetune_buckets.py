@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/finetune_buckets.py [--data-dir ../shared/data/glue] [--task sst2] [--preset base]
-        [--max-seq-length 512] [--batch-size 8] [--steps 4]
+        [--max-seq-length 512] [--batch-size 8] [--steps 4] [--examples 20000]
 
 Reads the task's real training split, featurises it with the real tokenizer path (a vocabulary
 trained on the split), and times the real fine-tuning step (`trainer.make_train_step` with the task's
@@ -37,7 +37,7 @@ from albert_jax.tasks.glue import GlueTask
 from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
 from albert_jax.training import finetune, trainer
 
-REPO = os.path.dirname(_HERE)
+REPO = os.path.dirname(os.path.realpath(_HERE))
 
 
 def main() -> None:
@@ -48,10 +48,11 @@ def main() -> None:
     p.add_argument("--max-seq-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--examples", type=int, default=20000, help="training examples read (and tokenized)")
     args = p.parse_args()
 
     task = GlueTask(args.task, args.data_dir)
-    examples = task.read("train")[:20000]
+    examples = task.read("train")[: args.examples]
     with tempfile.TemporaryDirectory() as tmp:
         texts = [e.text_a for e in examples] + [e.text_b for e in examples if e.text_b]
         train_tokenizer(texts, os.path.join(tmp, "spiece"), vocab_size=8000)

@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -96,7 +95,9 @@ def model_flops_per_step(cfg: AlbertConfig, batch: int, seq: int, predictions: i
 
 def synthetic_batch(cfg: AlbertConfig, batch: int, seq: int, predictions: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    positions = np.stack([np.sort(rng.choice(np.arange(1, seq - 1), predictions, replace=False)) for _ in range(batch)])
+    positions = np.stack(
+        [np.sort(rng.choice(np.arange(1, seq - 1), predictions, replace=False)) for _ in range(batch)]
+    )
     return {
         "input_ids": rng.integers(5, cfg.vocab_size, (batch, seq), dtype=np.int32),
         "attention_mask": np.ones((batch, seq), np.int32),
@@ -158,26 +159,64 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
         compiled = lowered.compile()
         t2 = time.perf_counter()
         times = []
-        for _ in range(args.warmup + args.steps):
+        for _ in range(0 if args.compile_only else args.warmup + args.steps):
             s = time.perf_counter()
             state, metrics = compiled(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - s)
-    mem = compiled.memory_analysis()
-    step_s = statistics.median(times[args.warmup :])
     return {
         "params": trainer.count_params(state.params),
         "init_s": init_s,
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
         "compile_time_s": t2 - t0,
-        "step_time_s": step_s,
-        "loss": float(metrics["loss"]),
-        "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-        "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+        "step_time_s": statistics.median(times[args.warmup :]) if times else None,
+        **xla_memory(compiled),
         "peak_device_bytes": peak_device_memory(),
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def xla_memory(compiled: Any) -> dict:
+    """XLA's buffer assignment for one step: what the step needs at its peak, known before it runs
+    (arguments + outputs + temporaries, less the donated state that outputs reuse)."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {"xla_peak_bytes": None}
+    out = {
+        f"xla_{k}_bytes": getattr(mem, f"{k}_size_in_bytes")
+        for k in ("argument", "output", "alias", "temp", "generated_code")
+    }
+    out["xla_peak_bytes"] = (
+        out["xla_argument_bytes"] + out["xla_output_bytes"] - out["xla_alias_bytes"] + out["xla_temp_bytes"]
+    )
+    return out
+
+
+def largest_batch(cfg: AlbertConfig, args, budget_bytes: float) -> tuple[int, dict]:
+    """The largest batch whose step fits `budget_bytes` by XLA's buffer assignment (compiles only)."""
+    probe = argparse.Namespace(**dict(vars(args), compile_only=True))
+
+    def need(batch: int) -> dict:
+        predictions = max(1, round(MAX_PREDICTIONS * args.seq_len / 128))
+        return measure_ours(cfg, probe, synthetic_batch(cfg, batch, args.seq_len, predictions))
+
+    fits, fits_mem, low, high = 0, {}, 0, 1
+    while True:  # double until it no longer fits, then bisect
+        mem = need(high)
+        print(f"  batch {high}: {mem['xla_peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        if mem["xla_peak_bytes"] > budget_bytes:
+            break
+        fits, fits_mem, low, high = high, mem, high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        mem = need(mid)
+        print(f"  batch {mid}: {mem['xla_peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        if mem["xla_peak_bytes"] <= budget_bytes:
+            fits, fits_mem, low = mid, mem, mid
+        else:
+            high = mid
+    return fits, fits_mem
 
 
 def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
@@ -251,13 +290,24 @@ def main() -> None:
     p.add_argument(
         "--compare", default="", help="comma-separated: hf-torch (step time), unrolled (compile time)"
     )
+    p.add_argument("--compile-only", action="store_true", help="compile and report XLA's memory; no steps")
+    p.add_argument(
+        "--fit-memory",
+        type=float,
+        default=0.0,
+        help="also find the largest batch whose step fits this many GiB",
+    )
     args = p.parse_args()
     compare = [c for c in args.compare.split(",") if c]
     for c in compare:
         if c not in ("hf-torch", "unrolled"):
             p.error(f"unknown --compare {c!r}; choose hf-torch and/or unrolled")
+    if args.compile_only and "hf-torch" in compare:
+        p.error("--compare hf-torch times steps; drop --compile-only")
     if "hf-torch" in compare and args.optimizer != "adamw":
-        p.error("--compare hf-torch needs --optimizer adamw (torch has no LAMB; the same optimizer on both sides)")
+        p.error(
+            "--compare hf-torch needs --optimizer adamw (torch has no LAMB; the same optimizer on both sides)"
+        )
 
     cfg = model_config(args)
     predictions = max(1, round(MAX_PREDICTIONS * args.seq_len / 128))
@@ -270,7 +320,8 @@ def main() -> None:
         f"remat {args.remat}  optimizer {args.optimizer}"
     )
     ours = measure_ours(cfg, args, batch)
-    tflops = flops / ours["step_time_s"] / 1e12
+    step_s = ours["step_time_s"]
+    tflops = flops / step_s / 1e12 if step_s else None
     peak = peak_tflops(args)
     peak_mem = ours["peak_device_bytes"] or ours["peak_rss_bytes"]
     result = {
@@ -283,24 +334,41 @@ def main() -> None:
         "optimizer": args.optimizer,
         "device": jax.devices()[0].device_kind,
         "params": ours["params"],
-        "tokens_per_sec": tokens / ours["step_time_s"],
-        "step_time_s": ours["step_time_s"],
+        "tokens_per_sec": tokens / step_s if step_s else None,
+        "step_time_s": step_s,
         "compile_time_s": ours["compile_time_s"],
         "lower_time_s": ours["lower_s"],
         "model_tflops_per_sec": tflops,
-        "mfu": tflops / peak if peak else None,
+        "mfu": tflops / peak if peak and tflops else None,
+        # Measured: the device allocator's peak where there is one, else the process's peak RSS.
         "peak_memory_bytes": peak_mem,
         "peak_memory_kind": "device" if ours["peak_device_bytes"] else "process_rss",
-        "xla_temp_bytes": ours["xla_temp_bytes"],
-        "xla_argument_bytes": ours["xla_argument_bytes"],
+        **{k: v for k, v in ours.items() if k.startswith("xla_")},
     }
+    xla_peak = ours["xla_peak_bytes"]
     print(
         f"ours: {ours['params']:,} params  compile {ours['compile_time_s']:.2f} s "
-        f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f})  step {ours['step_time_s'] * 1e3:.1f} ms  "
-        f"{result['tokens_per_sec']:,.0f} tokens/s  {tflops:.3f} model TFLOP/s"
+        f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f})"
+        + (
+            f"  step {step_s * 1e3:.1f} ms  {result['tokens_per_sec']:,.0f} tokens/s  {tflops:.3f} model TFLOP/s"
+            if step_s
+            else ""
+        )
         + (f"  MFU {result['mfu']:.1%}" if result["mfu"] else "")
         + f"  peak memory {peak_mem / 2**30:.2f} GiB ({result['peak_memory_kind']})"
+        + (
+            f"  XLA step buffers {xla_peak / 2**30:.2f} GiB (temp {ours['xla_temp_bytes'] / 2**30:.2f})"
+            if xla_peak
+            else ""
+        )
     )
+    if args.fit_memory:
+        print(f"largest batch within {args.fit_memory:g} GiB (XLA buffer assignment):")
+        fits, mem = largest_batch(cfg, args, args.fit_memory * 2**30)
+        result["fit_memory_gib"] = args.fit_memory
+        result["largest_batch"] = fits
+        result["largest_batch_xla_peak_bytes"] = mem.get("xla_peak_bytes")
+        print(f"  -> batch {fits}")
     if "unrolled" in compare:
         unrolled = measure_unrolled(cfg, args, batch)
         result["unrolled_compile_time_s"] = unrolled["compile_time_s"]
