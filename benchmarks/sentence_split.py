@@ -46,21 +46,29 @@ Splitter = Callable[[str], list[str]]
 
 
 def splitters() -> dict[str, Splitter]:
-    """Every splitter to compare, each returning stripped, non-empty sentences."""
-    import blingfire
-    import sentencex
+    """Every splitter to compare that is installed, each returning stripped, non-empty sentences."""
+    out: dict[str, Splitter] = {"regex (ours)": text.split_sentences}
+    try:
+        import sentencex
 
-    out: dict[str, Splitter] = {
-        "regex (ours)": text.split_sentences,
-        "sentencex": lambda t: [s.strip() for s in sentencex.segment("en", t) if s.strip()],
-        "blingfire": lambda t: [s for s in blingfire.text_to_sentences(t).split("\n") if s.strip()],
-    }
+        out["sentencex"] = lambda t: [s.strip() for s in sentencex.segment("en", t) if s.strip()]
+    except ImportError:
+        pass
+    try:
+        import blingfire
+
+        out["blingfire"] = lambda t: [s for s in blingfire.text_to_sentences(t).split("\n") if s.strip()]
+    except ImportError:
+        pass
     try:
         import pysbd
+
+        seg = pysbd.Segmenter(language="en", clean=False)
+        out["pysbd"] = lambda t: [s.strip() for s in seg.segment(t) if s.strip()]
     except ImportError:
-        return out
-    seg = pysbd.Segmenter(language="en", clean=False)
-    out["pysbd"] = lambda t: [s.strip() for s in seg.segment(t) if s.strip()]
+        pass
+    if len(out) < 4:
+        print("not installed: some splitters to compare (pip install 'albert_jax[bench]')")
     return out
 
 
