@@ -13,15 +13,8 @@ examples/s, the share of padded tokens each way, and the ratio. A benchmark, not
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
-]  # our tokenize.py shadows stdlib
-
 import argparse
+import os
 import tempfile
 import time
 
@@ -37,7 +30,7 @@ from albert_jax.tasks.glue import GlueTask
 from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
 from albert_jax.training import finetune, trainer
 
-REPO = os.path.dirname(os.path.realpath(_HERE))
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 def main() -> None:

@@ -27,16 +27,9 @@ What ALBERT-base consumes on a TPU v3-8 (the estimate printed with the result):
 
 from __future__ import annotations
 
-import os
-import sys
-
-# benchmarks/tokenize.py shadows the standard library's ``tokenize``: drop this folder from the
-# import path before anything imports it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path

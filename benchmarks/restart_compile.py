@@ -16,21 +16,15 @@ otherwise has the preset's shape. A benchmark, not a test.
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
-]  # our tokenize.py shadows stdlib
-
 import argparse
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(_HERE)
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 VOCAB = os.path.join(REPO, "tests", "fixtures", "tokenizer", "spiece.model")
 
 # pretrain.py, with a count of the programs XLA compiled and those loaded from the persistent cache.

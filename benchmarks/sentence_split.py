@@ -19,14 +19,6 @@ This is a benchmark, not a test; ``pysbd`` is skipped when it is not installed.
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
-]  # our tokenize.py shadows stdlib
-
 import argparse
 import json
 import re

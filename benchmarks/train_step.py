@@ -18,16 +18,9 @@ object. A benchmark, not a test.
 
 from __future__ import annotations
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE
-]  # our tokenize.py shadows stdlib
-
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -350,7 +343,8 @@ def main() -> None:
         f"ours: {ours['params']:,} params  compile {ours['compile_time_s']:.2f} s "
         f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f})"
         + (
-            f"  step {step_s * 1e3:.1f} ms  {result['tokens_per_sec']:,.0f} tokens/s  {tflops:.3f} model TFLOP/s"
+            f"  step {step_s * 1e3:.1f} ms  {result['tokens_per_sec']:,.0f} tokens/s"
+            f"  {tflops:.3f} model TFLOP/s"
             if step_s
             else ""
         )
@@ -384,7 +378,8 @@ def main() -> None:
         result["hf_torch_first_step_s"] = hf["first_step_s"]
         result["speedup_vs_hf_torch"] = result["tokens_per_sec"] / result["hf_torch_tokens_per_sec"]
         print(
-            f"HF torch: step {hf['step_time_s'] * 1e3:.1f} ms  {result['hf_torch_tokens_per_sec']:,.0f} tokens/s  "
+            f"HF torch: step {hf['step_time_s'] * 1e3:.1f} ms"
+            f"  {result['hf_torch_tokens_per_sec']:,.0f} tokens/s  "
             f"first step {hf['first_step_s']:.2f} s  -> ours is {result['speedup_vs_hf_torch']:.2f}x"
         )
     print(json.dumps(result))

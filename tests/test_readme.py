@@ -111,6 +111,15 @@ def _on_a_cluster(cmd: str) -> tuple[str, dict]:
     return f"{_inner(cmd)} {PRETRAIN_SMALL}", env
 
 
+def _notebook(cmd: str) -> tuple[str, dict]:
+    """A notebook at toy size (its first cell reads the switch), on a copy in the scratch directory's
+    examples/ (the kernel runs there, and the notebook finds configs/ one level up)."""
+    path = cmd.split()[-1]
+    return f"mkdir -p examples && cp {shlex.quote(os.path.join(REPO, path))} {path} && {cmd}", {
+        "ALBERT_JAX_NOTEBOOK_SMALL": "1"
+    }
+
+
 # (pattern, how to shrink it); the first match wins.
 RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
     (r"^make test$", None),  # this suite itself (.ci/run calls it)
@@ -130,15 +139,16 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
         r"^python benchmarks/finetune_buckets\.py",
         lambda c: (f"{c} --max-seq-length 64 --batch-size 2 --steps 1 --examples 256", {}),
     ),
-    (r"^python benchmarks/tokenize\.py", lambda c: (f"{c} --repeat 1 --copies 1", {})),
+    (r"^python benchmarks/tokenizer_speed\.py", lambda c: (f"{c} --repeat 1 --copies 1", {})),
     (r"^python benchmarks/sentence_split\.py", lambda c: (f"{c} --repeat 1", {})),
     (r"^python benchmarks/input_pipeline\.py", lambda c: (f"{c} --examples 64 --seq-len 128", {})),
     (r"^(gcloud compute tpus tpu-vm ssh|srun) ", _on_a_cluster),
+    (r"^jupyter-execute --inplace examples/\w+\.ipynb$", _notebook),
 ]
 
 
 # Benchmarks of real data: they need ../shared/data (CI has it, a fresh clone does not).
-NEEDS_SHARED = r"^python benchmarks/(finetune_buckets|sentence_split|tokenize)\.py"
+NEEDS_SHARED = r"^python benchmarks/(finetune_buckets|sentence_split|tokenizer_speed)\.py"
 
 
 def rule_for(cmd: str):
@@ -174,7 +184,8 @@ def playground(tmp_path_factory):
                 f.write("\n".join(doc) + "\n\n")
     env = dict(
         os.environ,
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        # `python` is this interpreter; the rest of its environment's scripts (jupyter-execute) follow.
+        PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]]),
         PYTHONPATH=REPO,
         ALBERT_DIR=make_hf_dir(root / "albert-tiny"),
         GLUE_DIR=os.path.join(FIXTURES, "glue"),

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/tokenize.py [--corpus FILE] [--model SPIECE_MODEL] [--repeat N] [--num-threads N]
+    python benchmarks/tokenizer_speed.py [--corpus FILE] [--model SPIECE_MODEL] [--repeat N] [--num-threads N]
 
 Splits the corpus (default: the shared Grimm's Fairy Tales text) into sentences, trains a
 vocabulary with ``albert_jax.train_tokenizer`` unless ``--model`` is given, then times, in the same
@@ -19,21 +19,15 @@ This is a benchmark, not a test.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# This file is named like the standard library's ``tokenize`` (which ``inspect`` imports): drop
-# its folder from the import path before anything imports ``tokenize``.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer  # noqa: E402
+from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "grimm_tales.txt"
 if not DEFAULT_CORPUS.is_file():
@@ -82,8 +76,8 @@ def main() -> int:
         print(f"error: corpus not found: {args.corpus}", file=sys.stderr)
         return 1
 
-    from transformers import AlbertTokenizer as HFAlbertTokenizer
     import transformers
+    from transformers import AlbertTokenizer as HFAlbertTokenizer
 
     sentences = load_sentences(args.corpus)
     batch = sentences * args.copies
