@@ -7,6 +7,7 @@ preconditions, so the run-lock test covers the existence-checked path of the gs:
 precondition itself.
 """
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -19,11 +20,11 @@ import time
 
 import pytest
 from etils import epath
+from test_pretrain import REPO, cli_args
 
 from albert_jax import run_lock
 from albert_jax.data.text import CorpusSpec, iter_documents
 from albert_jax.tokenizer import train_tokenizer
-from test_pretrain import REPO, cli_args
 
 # Looked up, not imported: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set by the fixture) on import.
 for _module in ("gcsfs", "gcp_storage_emulator"):
@@ -65,13 +66,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """An in-memory emulator with bucket `albert`; the environment points every client at it."""
-    log = tmp_path_factory.mktemp("gcs") / "emulator.log"  # a file: a full pipe would block the server
+@contextlib.contextmanager
+def emulator(bucket: str, log: str):
+    """An in-memory emulator with `bucket`, on a free port; yields the environment that points every
+    client at it (also set in os.environ while it runs)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    err = open(log, "w")
+    err = open(log, "w")  # a file: a full pipe would block the server
     server = subprocess.Popen(
         [
             sys.executable,
@@ -80,7 +81,7 @@ def gcs(tmp_path_factory):
             "start",
             "--host=127.0.0.1",
             f"--port={port}",
-            f"--default-bucket={BUCKET}",
+            f"--default-bucket={bucket}",
             "--in-memory",
             "--quiet",
         ],
@@ -95,7 +96,8 @@ def gcs(tmp_path_factory):
         except OSError:
             if server.poll() is not None or time.time() > deadline:
                 server.kill()
-                raise RuntimeError(f"the GCS emulator did not start: {log.read_text()[-2000:]}")
+                with open(log) as f:
+                    raise RuntimeError(f"the GCS emulator did not start: {f.read()[-2000:]}") from None
             time.sleep(0.1)
     env = {
         "STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
@@ -106,7 +108,7 @@ def gcs(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        yield f"gs://{BUCKET}"
+        yield env
     finally:
         for k, v in saved.items():
             if v is None:
@@ -116,6 +118,13 @@ def gcs(tmp_path_factory):
         server.kill()
         server.wait()
         err.close()
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """The emulator with bucket `albert`, for this module's tests."""
+    with emulator(BUCKET, str(tmp_path_factory.mktemp("gcs") / "emulator.log")):
+        yield f"gs://{BUCKET}"
 
 
 def _losses(metrics_text: str) -> dict[int, dict]:

@@ -11,6 +11,7 @@ SLURM's environment for one task, so `--distributed` really goes through jax's c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -215,14 +216,21 @@ def test_readme_command_runs(cmd, playground):
         pytest.skip(f"{cmd!r} reads real data in {SHARED} (../shared is absent)")
     root, env = playground
     shell_cmd, extra_env = shrink(cmd)
-    proc = subprocess.run(
-        ["bash", "-c", shell_cmd],
-        cwd=root,
-        env={**env, **extra_env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    with contextlib.ExitStack() as stack:
+        bucket = re.search(r"gs://([\w.-]+)", shell_cmd)
+        if bucket:  # a bucket of a local GCS emulator (tests/test_gcs.py), under the README's name
+            pytest.importorskip("gcsfs", reason="gs:// needs the gcs extra")
+            from test_gcs import emulator
+
+            extra_env.update(stack.enter_context(emulator(bucket.group(1), str(root / "emulator.log"))))
+        proc = subprocess.run(
+            ["bash", "-c", shell_cmd],
+            cwd=root,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert proc.returncode == 0, (
         f"{shell_cmd}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
     )
