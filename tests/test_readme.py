@@ -138,7 +138,7 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
     (r"^python benchmarks/train_step\.py ", lambda c: (f"{c} {BENCH_SMALL}", {})),
     (
         r"^python benchmarks/finetune_buckets\.py",
-        lambda c: (f"{c} --max-seq-length 64 --batch-size 2 --steps 1 --examples 256", {}),
+        lambda c: (f"{c} --max-seq-length 64 --batch-size 2 --steps 1", {}),
     ),
     (r"^python benchmarks/tokenizer_speed\.py", lambda c: (f"{c} --repeat 1 --copies 1", {})),
     (r"^python benchmarks/sentence_split\.py", lambda c: (f"{c} --repeat 1", {})),
