@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from test_pretrain import REPO, _snapshot, _wait_for_step, read_metrics, set_keys
 
 from albert_jax import AlbertConfig, AlbertForPreTraining, init_params, save_pretrained, train_tokenizer
 from albert_jax.training import finetune
@@ -18,7 +19,6 @@ from configs import glue as glue_configs
 from configs import ner as ner_configs
 from configs import race as race_configs
 from configs import squad as squad_configs
-from test_pretrain import REPO, _snapshot, _wait_for_step, read_metrics, set_keys
 
 SHARED_GLUE = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
 needs_shared = pytest.mark.skipif(
@@ -230,23 +230,24 @@ def test_each_task_runs_through_the_loop(tmp_path, hf_dir, name, expected):
 # --- resume, seeds, export -------------------------------------------------------------------------------
 
 
+# `--config.key=value` overrides for a few steps of a tiny fine-tuning run from the command line.
+CLI_SMALL = dict(
+    max_seq_length=64,
+    length_buckets="(64,)",
+    batch_size=4,
+    eval_batch_size=4,
+    total_steps=12,
+    warmup_steps=2,
+    log_every=1,
+    eval_every=4,
+    checkpoint_every=4,
+    progress_bar=False,
+    learning_rate=1e-3,
+)
+
+
 def _cli(workdir, init, data_dir, **overrides):
-    settings = dict(
-        max_seq_length=64,
-        length_buckets="(64,)",
-        batch_size=4,
-        eval_batch_size=4,
-        total_steps=12,
-        warmup_steps=2,
-        log_every=1,
-        eval_every=4,
-        checkpoint_every=4,
-        progress_bar=False,
-        learning_rate=1e-3,
-        init_from=init,
-        data_dir=data_dir,
-    )
-    settings.update(overrides)
+    settings = {**CLI_SMALL, "init_from": init, "data_dir": data_dir, **overrides}
     return [
         sys.executable,
         os.path.join(REPO, "train.py"),
@@ -420,7 +421,9 @@ def test_mnli_scores_both_dev_sets_and_writes_glue_server_files(tmp_path, hf_dir
     """MNLI: dev_matched and dev_mismatched scored separately; test sets and AX (predicted by the MNLI
     model) written in the GLUE server's format from the best checkpoint."""
     workdir = str(tmp_path / "run")
-    config = small(glue_configs.get_config("task=mnli"), init_from=hf_dir, data_dir=os.path.join(FIXTURES, "glue"))
+    config = small(
+        glue_configs.get_config("task=mnli"), init_from=hf_dir, data_dir=os.path.join(FIXTURES, "glue")
+    )
     summary = finetune.run(config, workdir)
     assert set(summary["best"]["metrics"]) == {"dev_matched", "dev_mismatched"}
     predictions = os.path.join(workdir, "predictions")

@@ -20,7 +20,7 @@ import sys
 from typing import Callable
 
 import pytest
-from test_finetune import FIXTURES, _squad_file, make_hf_dir
+from test_finetune import CLI_SMALL, FIXTURES, _squad_file, make_hf_dir
 from test_pretrain import SMALL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,18 +60,14 @@ PRETRAIN_SMALL = _config_args(
     }
 )
 FINETUNE_SMALL = _config_args(
-    dict(
-        max_seq_length=64,
-        length_buckets='"(64,)"',
-        batch_size=4,
-        eval_batch_size=4,
-        total_steps=2,
-        warmup_steps=1,
-        log_every=1,
-        eval_every=2,
-        checkpoint_every=2,
-        learning_rate=1e-3,
-    )
+    {
+        **{k: v for k, v in CLI_SMALL.items() if k != "progress_bar"},
+        "length_buckets": '"(64,)"',  # through the shell
+        "total_steps": 2,
+        "warmup_steps": 1,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+    }
 )
 SQUAD_SMALL = "--config.doc_stride=16 --config.max_query_length=16"
 BENCH_SMALL = "--layers 2 --vocab-size 1000 --steps 1 --warmup 0"
