@@ -131,6 +131,10 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
         lambda c: (re.sub(r"--vocab-size \d+", "--vocab-size 1000", c), {}),
     ),
     (r"^python -m albert_jax\.(export|plot) ", lambda c: (c, {})),
+    (
+        r"^python benchmarks/train_step\.py .*--fit-memory",
+        lambda c: (f"{c} {BENCH_SMALL} --fit-memory 0.05", {}),
+    ),
     (r"^python benchmarks/train_step\.py ", lambda c: (f"{c} {BENCH_SMALL}", {})),
     (
         r"^python benchmarks/finetune_buckets\.py",
