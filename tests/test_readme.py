@@ -81,11 +81,6 @@ SLURM_ENV = {
 }
 
 
-def _collect_only(cmd: str) -> tuple[str, dict]:
-    """pytest commands select tests that the suite runs anyway: here they only have to select some."""
-    return f"cd {shlex.quote(REPO)} && {cmd} --collect-only -q -p no:cacheprovider", {}
-
-
 def _make_pretrain(cmd: str) -> tuple[str, dict]:
     # The Makefile's own recipe, with a venv that is this interpreter (already installed).
     # make runs in the repository: every path it is given must be absolute.
@@ -108,20 +103,10 @@ def _on_a_cluster(cmd: str) -> tuple[str, dict]:
     return f"{_inner(cmd)} {PRETRAIN_SMALL}", env
 
 
-def _notebook(cmd: str) -> tuple[str, dict]:
-    """A notebook at toy size (its first cell reads the switch), on a copy in the scratch directory's
-    examples/ (the kernel runs there, and the notebook finds configs/ one level up)."""
-    path = cmd.split()[-1]
-    return f"mkdir -p examples && cp {shlex.quote(os.path.join(REPO, path))} {path} && {cmd}", {
-        "ALBERT_JAX_NOTEBOOK_SMALL": "1"
-    }
-
-
 # (pattern, how to shrink it); the first match wins.
 RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
     (r"^make test$", None),  # this suite itself (.ci/run calls it)
     (r"^make pretrain", _make_pretrain),
-    (r"^python -m pytest ", _collect_only),
     (r"^python pretrain\.py ", lambda c: (f"{c} {PRETRAIN_SMALL}", {})),
     (r"^python -m albert_jax\.data\.prepare ", lambda c: (f"{c} {PRETRAIN_SMALL}", {})),
     (r"^python train\.py --config=configs/squad", lambda c: (f"{c} {FINETUNE_SMALL} {SQUAD_SMALL}", {})),
@@ -144,7 +129,6 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
     (r"^python benchmarks/sentence_split\.py", lambda c: (f"{c} --repeat 1", {})),
     (r"^python benchmarks/input_pipeline\.py", lambda c: (f"{c} --examples 64 --seq-len 128", {})),
     (r"^(gcloud compute tpus tpu-vm ssh|srun) ", _on_a_cluster),
-    (r"^jupyter-execute --inplace examples/\w+\.ipynb$", _notebook),
 ]
 
 
@@ -185,7 +169,7 @@ def playground(tmp_path_factory):
                 f.write("\n".join(doc) + "\n\n")
     env = dict(
         os.environ,
-        # `python` is this interpreter; the rest of its environment's scripts (jupyter-execute) follow.
+        # `python` is this interpreter; the rest of its environment's scripts follow.
         PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]]),
         PYTHONPATH=REPO,
         ALBERT_DIR=make_hf_dir(root / "albert-tiny"),
@@ -234,5 +218,3 @@ def test_readme_command_runs(cmd, playground):
     assert proc.returncode == 0, (
         f"{shell_cmd}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
     )
-    if pattern == r"^python -m pytest ":
-        assert re.search(r"\b\d+ tests? collected", proc.stdout), proc.stdout[-2000:]
