@@ -35,7 +35,12 @@ from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
 from albert_jax.training import pretrain, trainer
 
-MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len below
+MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len
+
+
+def predictions_per_sequence(seq_len: int) -> int:
+    return max(1, round(MAX_PREDICTIONS * seq_len / 128))
+
 
 # Dense peak TFLOP/s by device kind and dtype (vendor datasheets), for MFU. CPUs: pass --peak-tflops.
 PEAK_TFLOPS = {
@@ -191,7 +196,7 @@ def largest_batch(cfg: AlbertConfig, args, budget_bytes: float) -> tuple[int, di
     probe = argparse.Namespace(**dict(vars(args), compile_only=True))
 
     def need(batch: int) -> dict:
-        predictions = max(1, round(MAX_PREDICTIONS * args.seq_len / 128))
+        predictions = predictions_per_sequence(args.seq_len)
         return measure_ours(cfg, probe, synthetic_batch(cfg, batch, args.seq_len, predictions))
 
     fits, fits_mem, low, high = 0, {}, 0, 1
@@ -303,7 +308,7 @@ def main() -> None:
         )
 
     cfg = model_config(args)
-    predictions = max(1, round(MAX_PREDICTIONS * args.seq_len / 128))
+    predictions = predictions_per_sequence(args.seq_len)
     batch = synthetic_batch(cfg, args.batch_size, args.seq_len, predictions)
     tokens = args.batch_size * args.seq_len
     flops = model_flops_per_step(cfg, args.batch_size, args.seq_len, predictions)
