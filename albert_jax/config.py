@@ -23,6 +23,8 @@ SUPPORTED_ACTIVATIONS = (
     "tanh",
 )
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# auto: cuDNN's fused attention on a GPU in bfloat16/float16, XLA's einsum attention otherwise.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Upper bounds that catch corrupt or hostile config.json files before init allocates for them; each is
 # far above any published model (ALBERT xxlarge: hidden 4096, 223M parameters).
@@ -70,6 +72,7 @@ class AlbertConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         errors = []
@@ -134,6 +137,10 @@ class AlbertConfig:
             errors.append(
                 f"remat_policy {brief(self.remat_policy)} is not one of {', '.join(REMAT_POLICIES)}"
             )
+        if not isinstance(self.attention_impl, str) or self.attention_impl not in ATTENTION_IMPLS:
+            errors.append(
+                f"attention_impl {brief(self.attention_impl)} is not one of {', '.join(ATTENTION_IMPLS)}"
+            )
         if errors:
             raise ValueError("invalid AlbertConfig: " + "; ".join(errors))
 
@@ -185,7 +192,7 @@ class AlbertConfig:
     # --- HF config.json ------------------------------------------------------------------------
 
     def to_hf_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAX_ONLY}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in JAX_ONLY_FIELDS}
         d.update(
             model_type="albert",
             architectures=["AlbertForPreTraining"],
@@ -208,7 +215,7 @@ class AlbertConfig:
                 repr(model_type) if isinstance(model_type, str) and len(model_type) <= 40 else "non-ALBERT"
             )
             raise ValueError(f"config.json describes a {shown} model, not an ALBERT model")
-        names = {f.name for f in dataclasses.fields(cls)} - _JAX_ONLY
+        names = {f.name for f in dataclasses.fields(cls)} - set(JAX_ONLY_FIELDS)
         values = {k: v for k, v in d.items() if k in names}
         if "num_labels" not in d and "id2label" in d:
             if not isinstance(d["id2label"], dict):
@@ -250,7 +257,9 @@ class AlbertConfig:
             raise ValueError(f"{path}{with_overrides}: {e}") from None
 
 
-_JAX_ONLY = frozenset({"dtype", "param_dtype", "scan_layers", "remat_policy"})
+# Settings of how the model runs, not what it computes: not in HF's config.json, and a run keeps its own
+# when it loads a checkpoint.
+JAX_ONLY_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
 
 # Published shapes (Lan et al., 2019, Table 1; HF albert-*-v1/-v2 config.json). The v2 checkpoints use the
 # class defaults otherwise: gelu_new (the tanh approximation, as the original's `gelu`) and no dropout.

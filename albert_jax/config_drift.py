@@ -50,6 +50,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("num_seeds", ALLOW, "more or fewer seed runs; each seed_<k> resumes on its own"),
     ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
     ("model.remat_policy", ALLOW, "recomputation only"),
+    ("model.attention_impl", ALLOW, "the same attention through another kernel"),
     # resumable, at a cost
     (
         "batch_size",

@@ -17,6 +17,7 @@ with optax building blocks:
 * ``make_optimizer``: global-norm clipping -> LAMB/AdamW. Gradient
   accumulation lives in the training step (``trainer.make_train_step``), so
   clipping acts on the whole batch's gradient, as in ALBERT.
+* ``skip_nonfinite``: skips (and counts) steps whose gradient is not finite.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "learning_rate_schedule",
     "make_optimizer",
     "scale_by_albert_adam",
+    "skip_nonfinite",
 ]
 
 OPTIMIZERS = ("lamb", "adamw")
@@ -273,3 +275,39 @@ def current_learning_rate(schedule: optax.Schedule, opt_state_or_step: Any) -> j
 def global_norm(tree: Any) -> jax.Array:
     """Global L2 norm of a pytree (e.g. gradients for metrics); ``optax.tree.norm``."""
     return optax.tree.norm(tree)
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optax.apply_if_finite(inner, max_consecutive_errors=inf)`` with the same state, so checkpoints and
+    the counters read by the training loop are unchanged: a step whose gradient holds a NaN or inf
+    updates nothing (zero updates, inner state kept) and is counted.
+
+    The difference is how: optax tests every leaf and branches with ``lax.cond``, whose two branches XLA
+    compiles apart and cannot fuse into the update, a quarter of a large step's fusions. Here one scalar
+    test, the global norm's finiteness (a sum of squares that overflows is not finite either: such a
+    step would be skipped too), selects with ``jnp.where``, which fuses into the update's own loops.
+    """
+
+    def init(params: Any) -> optax.ApplyIfFiniteState:
+        return optax.ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.array(True, jnp.bool_),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates: Any, state: optax.ApplyIfFiniteState, params: Any = None):
+        finite = jnp.isfinite(optax.tree.norm(updates))
+        new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_updates = jax.tree.map(keep, new_updates, optax.tree.zeros_like(new_updates))
+        new_inner = jax.tree.map(keep, new_inner, state.inner_state)
+        skipped = jnp.logical_not(finite).astype(jnp.int32)
+        return new_updates, optax.ApplyIfFiniteState(
+            notfinite_count=jnp.where(finite, 0, state.notfinite_count + 1),
+            last_finite=finite,
+            total_notfinite=state.total_notfinite + skipped,
+            inner_state=new_inner,
+        )
+
+    return optax.GradientTransformation(init, update)

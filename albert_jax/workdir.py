@@ -26,7 +26,7 @@ import os
 import ml_collections
 from etils import epath
 
-from albert_jax.config import AlbertConfig
+from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.tokenizer import AlbertTokenizer
 
 CONFIG = "config.json"
@@ -86,7 +86,7 @@ def write_run_files(
     path(workdir, CONFIG).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     hf = model_config.to_hf_dict()
     hf["architectures"] = [head]
-    for name in ("dtype", "param_dtype", "scan_layers", "remat_policy"):  # JAX-side settings, kept for reruns
+    for name in JAX_ONLY_FIELDS:  # kept for reruns
         hf[f"albert_jax_{name}"] = getattr(model_config, name)
     path(workdir, MODEL_CONFIG).write_text(json.dumps(hf, indent=2, sort_keys=True))
     tokenizer.save_pretrained(workdir)

@@ -10,9 +10,10 @@ Usage::
 Times the real step (`trainer.jit_train_step` with `training.pretrain`'s loss, LAMB or ALBERT's AdamW
 behind clipping and the non-finite guard, on a sharded state) on synthetic batches shaped like the
 data pipeline's. `--compare hf-torch` runs transformers' `AlbertForPreTraining` (PyTorch, same config,
-same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping) in the same
-invocation; `--compare unrolled` compiles the same step with `scan_layers=False` (HF Flax's layout). The
-ratios are ours / theirs for tokens/s and theirs / ours for compile time. The last line is one JSON
+same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping; on a GPU, on
+the same card with bf16 autocast for --dtype bfloat16) in the same invocation; `--compare unrolled`
+compiles the same step with `scan_layers=False` (HF Flax's layout). The ratios are ours / theirs for
+tokens/s and theirs / ours for compile time. The last line is one JSON
 object. A benchmark, not a test.
 """
 
@@ -62,6 +63,8 @@ def model_config(args) -> AlbertConfig:
         max_position_embeddings=max(512, args.seq_len),
         dtype=args.dtype,
         remat_policy=args.remat,
+        attention_impl=args.attention,
+        scan_layers=not args.unrolled,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -162,6 +165,11 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
             state, metrics = compiled(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - s)
+        if args.profile and not args.compile_only:
+            with jax.profiler.trace(args.profile):
+                for _ in range(3):
+                    state, metrics = compiled(state, batch)
+                jax.block_until_ready(metrics)
     return {
         "params": trainer.count_params(state.params),
         "init_s": init_s,
@@ -223,9 +231,12 @@ def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
+    # On a GPU: the same card, fp32 weights with bf16 autocast (torch's mixed precision) for --dtype bfloat16.
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     hf_cfg = transformers.AlbertConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"})
     torch.manual_seed(0)
-    model = transformers.AlbertForPreTraining(hf_cfg).train()
+    model = transformers.AlbertForPreTraining(hf_cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
     labels = np.full(batch_np["input_ids"].shape, -100, np.int64)
     np.put_along_axis(labels, batch_np["masked_lm_positions"], batch_np["masked_lm_ids"], axis=1)
@@ -236,13 +247,16 @@ def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
         "labels": torch.from_numpy(labels),
         "sentence_order_label": torch.from_numpy(batch_np["sentence_order_label"].astype(np.int64)),
     }
+    inputs = {k: v.to(device) for k, v in inputs.items()}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+        with autocast:
+            loss = model(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        loss.item()  # waits for the device
         return loss
 
     t0 = time.perf_counter()
@@ -253,12 +267,17 @@ def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
         s = time.perf_counter()
         step()
         times.append(time.perf_counter() - s)
-    return {"first_step_s": first, "step_time_s": statistics.median(times[-args.steps :])}
+    return {
+        "first_step_s": first,
+        "step_time_s": statistics.median(times[-args.steps :]),
+        "device": device,
+        "attention": getattr(model.config, "_attn_implementation", None),
+    }
 
 
 def measure_unrolled(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     """Compile time of the same step with the layers unrolled (HF Flax's layout)."""
-    unrolled = dict(vars(args), steps=1, warmup=0)
+    unrolled = dict(vars(args), steps=1, warmup=0, profile="")
     return measure_ours(cfg.replace(scan_layers=False), argparse.Namespace(**unrolled), batch_np)
 
 
@@ -282,12 +301,15 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--remat", default="none", help="none|full|dots|dots_with_no_batch_dims")
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"))
+    p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"), help="attention_impl")
     p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (depth scaling)")
     p.add_argument("--vocab-size", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (CPUs have no table)")
     p.add_argument(
         "--compare", default="", help="comma-separated: hf-torch (step time), unrolled (compile time)"
     )
+    p.add_argument("--unrolled", action="store_true", help="time the step with scan_layers=False")
+    p.add_argument("--profile", default="", help="also trace 3 steps with jax.profiler into this directory")
     p.add_argument("--compile-only", action="store_true", help="compile and report XLA's memory; no steps")
     p.add_argument(
         "--fit-memory",
@@ -315,7 +337,8 @@ def main() -> None:
     print(
         f"device {jax.devices()[0].device_kind} x{jax.device_count()}  preset {args.preset}  "
         f"layers {cfg.num_hidden_layers}  batch {args.batch_size}  seq {args.seq_len}  {args.dtype}  "
-        f"remat {args.remat}  optimizer {args.optimizer}"
+        f"remat {args.remat}  optimizer {args.optimizer}  attention {args.attention}"
+        + ("  unrolled" if args.unrolled else "")
     )
     ours = measure_ours(cfg, args, batch)
     step_s = ours["step_time_s"]
@@ -330,6 +353,8 @@ def main() -> None:
         "dtype": args.dtype,
         "remat": args.remat,
         "optimizer": args.optimizer,
+        "attention": args.attention,
+        "scan_layers": cfg.scan_layers,
         "device": jax.devices()[0].device_kind,
         "params": ours["params"],
         "tokens_per_sec": tokens / step_s if step_s else None,
@@ -381,9 +406,10 @@ def main() -> None:
         result["hf_torch_tokens_per_sec"] = tokens / hf["step_time_s"]
         result["hf_torch_step_time_s"] = hf["step_time_s"]
         result["hf_torch_first_step_s"] = hf["first_step_s"]
+        result["hf_torch_device"], result["hf_torch_attention"] = hf["device"], hf["attention"]
         result["speedup_vs_hf_torch"] = result["tokens_per_sec"] / result["hf_torch_tokens_per_sec"]
         print(
-            f"HF torch: step {hf['step_time_s'] * 1e3:.1f} ms"
+            f"HF torch ({hf['device']}, {hf['attention']} attention): step {hf['step_time_s'] * 1e3:.1f} ms"
             f"  {result['hf_torch_tokens_per_sec']:,.0f} tokens/s  "
             f"first step {hf['first_step_s']:.2f} s  -> ours is {result['speedup_vs_hf_torch']:.2f}x"
         )

@@ -105,7 +105,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.compilation_cache_dir = COMPILATION_CACHE_DIR
 
     # Used only with init_from=none (the shape otherwise comes from the checkpoint), except the
-    # JAX-side dtype/param_dtype/scan_layers/remat_policy, which always apply.
+    # JAX-side config.JAX_ONLY_FIELDS (dtype, remat_policy, attention_impl, …), which always apply.
     c.model = model_config(size)
     c.tokenizer = ""  # spiece.model, for init_from=none
     c.mesh = mesh_config()

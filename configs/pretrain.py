@@ -80,7 +80,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model = common.model_config(preset, **model)
     c.seed = 0
     # Continued pretraining: an HF directory or a run's WORKDIR. Its shape and vocabulary replace
-    # `model` (except dtype/param_dtype/scan_layers/remat_policy) and `data.tokenizer`.
+    # `model` (except config.JAX_ONLY_FIELDS: dtype, remat_policy, …) and `data.tokenizer`.
     c.init_from = ""
     c.seq_len = s["seq_len"]
     c.batch_size = s["batch_size"]  # global, over all processes

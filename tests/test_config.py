@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from albert_jax import modeling
-from albert_jax.config import _JAX_ONLY, PRESETS, AlbertConfig
+from albert_jax.config import JAX_ONLY_FIELDS, PRESETS, AlbertConfig
 from configs import pretrain as pretrain_configs
 
 # The published config.json of each checkpoint on the Hugging Face hub (huggingface.co/albert/<name>,
@@ -61,7 +61,7 @@ PUBLISHED = {
 }
 NOOP_KNOBS = {"down_scale_factor": 1, "gap_size": 0, "net_structure_type": 0, "num_memory_blocks": 0}
 # Every AlbertConfig field that config.json carries (num_labels is written as id2label).
-HF_FIELDS = sorted({f.name for f in dataclasses.fields(AlbertConfig)} - _JAX_ONLY - {"num_labels"})
+HF_FIELDS = sorted({f.name for f in dataclasses.fields(AlbertConfig)} - set(JAX_ONLY_FIELDS) - {"num_labels"})
 PRESET_NAMES = [f"{size}-{v}" for size in PRESETS for v in ("v1", "v2")]
 
 

@@ -347,3 +347,22 @@ def test_current_learning_rate_from_step():
     assert float(optim.current_learning_rate(sched, 1)) == pytest.approx(0.5)
     state = opt.init({"k": jnp.ones(2)})
     assert float(optim.current_learning_rate(sched, state)) == 0.0
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_skip_nonfinite_matches_optax_apply_if_finite(name):
+    """Same updates and the same state, field for field, as optax's wrapper over a run with NaN/inf steps."""
+    params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}, "LayerNorm": {"scale": jnp.ones(4)}}
+    inner, _ = optim.make_optimizer(name, 1e-2, total_steps=10, warmup_steps=2)
+    ours, ref = optim.skip_nonfinite(inner), optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    assert jax.tree.structure(s_ours) == jax.tree.structure(s_ref)  # checkpoints restore either way
+    rng = np.random.default_rng(0)
+    for bad in [None, np.nan, None, np.inf, -np.inf, None, None]:
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        if bad is not None:
+            grads["dense"]["kernel"] = grads["dense"]["kernel"].at[1, 2].set(bad)
+        u_ours, s_ours = jax.jit(ours.update)(grads, s_ours, params)
+        u_ref, s_ref = ref.update(grads, s_ref, params)
+        jax.tree.map(np.testing.assert_array_equal, (u_ours, s_ours), (u_ref, s_ref))
+    assert int(s_ours.total_notfinite) == 3 and int(s_ours.notfinite_count) == 0

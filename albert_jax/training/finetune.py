@@ -28,7 +28,7 @@ from albert_jax import pretrained
 from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
-from albert_jax.config import AlbertConfig
+from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.data import finetuning as finetuning_data
 from albert_jax.data.loader import make_global_batch
 from albert_jax.modeling import HEADS, init_params
@@ -111,10 +111,7 @@ def _model_overrides(config: ml_collections.ConfigDict, task: Task) -> dict[str,
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.dropout,
         classifier_dropout_prob=config.classifier_dropout,
-        dtype=config.model.dtype,
-        param_dtype=config.model.param_dtype,
-        scan_layers=config.model.scan_layers,
-        remat_policy=config.model.remat_policy,
+        **{k: config.model[k] for k in JAX_ONLY_FIELDS},
     )
 
 

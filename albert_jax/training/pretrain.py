@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from albert_jax import inference, pretrained
 from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
-from albert_jax.config import AlbertConfig
+from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.data import prepare
 from albert_jax.data.loader import make_global_batch, pretraining_dataset
 from albert_jax.data.pretraining import PretrainDataConfig, TokenizedCorpus
@@ -138,10 +138,6 @@ def model_config_from(config: ml_collections.ConfigDict) -> AlbertConfig:
     return AlbertConfig(**config.model.to_dict())
 
 
-# Settings of config.model that a continued run keeps from its config; the rest comes from init_from.
-_RUN_SIDE_MODEL_KEYS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
-
-
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     """Validate the config, the corpus and the vocabulary; build (or reuse) the token cache.
 
@@ -155,7 +151,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
             raise ValueError(
                 "init_from brings its own vocabulary; leave data.tokenizer empty when continuing pretraining"
             )
-        run_side = {k: getattr(model_config, k) for k in _RUN_SIDE_MODEL_KEYS}
+        run_side = {k: getattr(model_config, k) for k in JAX_ONLY_FIELDS}  # the rest comes from init_from
         model_config, init, loaded_tokenizer = pretrained.load(
             config.init_from, "AlbertForPreTraining", seed=config.seed, **run_side
         )

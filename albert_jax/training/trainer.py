@@ -3,7 +3,7 @@
 - `create_train_state`: `eval_shape → shardings → jit(init, out_shardings)`, or loaded parameters
   placed straight into those shardings.
 - `make_train_step(loss_fn, …)`: a pure `train_step(state, batch) -> (state, metrics)` with gradient
-  accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optax.apply_if_finite`).
+  accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optim.skip_nonfinite`).
 - `claim_workdir` / `prepare_workdir`: one live run per WORKDIR (run_lock.py), and a resume whose
   config changed in ways the checkpoint cannot follow is refused (config_drift.py); both runs call
   them before WORKDIR is written. Claiming also turns on the persistent compilation cache.
@@ -203,7 +203,7 @@ def make_tx(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransforma
         weight_decay=config.weight_decay,
         clip_norm=config.clip_norm or None,
     )
-    return optax.apply_if_finite(tx, max_consecutive_errors=2**30), schedule
+    return optim.skip_nonfinite(tx), schedule
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -252,7 +252,7 @@ def make_train_step(
     """A pure `train_step(state, batch) -> (state, metrics)`, to be jitted with donation.
 
     Dropout's key is derived from (seed, step): no RNG lives in the state, so resume is exact. The
-    state's optimizer must be wrapped in `optax.apply_if_finite` (see `make_tx`).
+    state's optimizer must be wrapped in `optim.skip_nonfinite` (see `make_tx`).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -274,7 +274,7 @@ def make_train_step(
             stats = jax.tree.map(jnp.sum, stats)
         new_state = state.apply_gradients(grads=grads)
         metrics = summarise(stats)
-        finite = new_state.opt_state  # optax.apply_if_finite's state
+        finite = new_state.opt_state  # optim.skip_nonfinite's state
         metrics.update(
             grad_norm=optax.tree.norm(grads),
             learning_rate=optim.current_learning_rate(schedule, state.opt_state),  # the rate this update used
