@@ -5,7 +5,8 @@ Usage::
     python benchmarks/run_memory.py --preset xxlarge --vocab-size 5000 --batch-size 2 --seq-len 128
 
 Runs `training.pretrain.run` in this process (a fresh WORKDIR, the embedded corpus, a vocabulary
-trained on it; two steps, one evaluation batch, one checkpoint, the final summary) while a thread
+trained on it; two steps, checkpoints at both (orbax also saves a run's first step), one evaluation
+batch, the final summary) while a thread
 samples the process's RSS every `--interval` seconds. The run's phases are marked by wrapping the
 functions that do them (vocabulary and token cache, state init, resume check, train steps,
 evaluation, checkpoint saves, summary) and by JAX's compile events. Each train step is waited for,
