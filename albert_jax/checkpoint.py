@@ -34,6 +34,9 @@ fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 COMMIT_MARKER = "commit_success.txt"  # written into every finalized step by orbax >= 0.12.3
 BAD_PREFIX = "bad-"
+# Bytes of the state that orbax hands to tensorstore at once while writing. Each in-flight byte is held
+# a second time in tensorstore's write buffers (orbax's default, 96 GB, holds the whole state there).
+WRITE_CONCURRENT_GB = 1
 
 
 class CheckpointError(OSError):
@@ -78,7 +81,12 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=cleanup_tmp,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(save_concurrent_gb=WRITE_CONCURRENT_GB)},
+        )
         self._pending: int | None = None  # the step of the save in flight: its errors surface later
 
     # --- what is on disk ------------------------------------------------------------------------
