@@ -299,9 +299,8 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     def update(updates: Any, state: optax.ApplyIfFiniteState, params: Any = None):
         finite = jnp.isfinite(optax.tree.norm(updates))
         new_updates, new_inner = inner.update(updates, state.inner_state, params)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_updates = jax.tree.map(keep, new_updates, optax.tree.zeros_like(new_updates))
-        new_inner = jax.tree.map(keep, new_inner, state.inner_state)
+        new_updates = jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates)
+        new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, state.inner_state)
         skipped = jnp.logical_not(finite).astype(jnp.int32)
         return new_updates, optax.ApplyIfFiniteState(
             notfinite_count=jnp.where(finite, 0, state.notfinite_count + 1),

@@ -13,8 +13,7 @@ data pipeline's. `--compare hf-torch` runs transformers' `AlbertForPreTraining` 
 same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping; on a GPU, on
 the same card with bf16 autocast for --dtype bfloat16) in the same invocation; `--compare unrolled`
 compiles the same step with `scan_layers=False` (HF Flax's layout). The ratios are ours / theirs for
-tokens/s and theirs / ours for compile time. The last line is one JSON
-object. A benchmark, not a test.
+tokens/s and theirs / ours for compile time. The last line is one JSON object. A benchmark, not a test.
 """
 
 from __future__ import annotations
