@@ -103,4 +103,12 @@ def run_guarded(fn: Callable[[], object]) -> int:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
+    except ImportError as e:
+        # fsspec's "Please install gcsfs to access Google Storage" for a gs:// path: an optional extra.
+        if _TRACEBACK.value or "gcsfs" not in str(e):
+            raise
+        print(
+            f"error: gs:// paths need gcsfs: pip install 'albert_jax[gcs]' ({one_line(e)})", file=sys.stderr
+        )
+        return 1
     return 0

@@ -347,3 +347,17 @@ def test_finetuning_refuses_drift_and_falls_back_from_a_damaged_checkpoint(tmp_p
     assert "checkpoint 6" in caplog.text and "resuming from step 3" in caplog.text
     assert summary["last"]["step"] == 7
     assert "bad-6" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_gs_path_without_gcsfs_is_one_error_line(tmp_path):
+    # gcsfs is an optional extra ([gcs]); None in sys.modules makes its import fail as if absent.
+    code = (
+        "import runpy, sys; sys.modules['gcsfs'] = None; "
+        "sys.argv = ['pretrain.py', '--config=configs/pretrain.py:tiny', '--workdir=gs://bucket/run']; "
+        "runpy.run_path('pretrain.py', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [error] = _errors(proc.stderr)
+    assert error.startswith("error: gs:// paths need gcsfs: pip install 'albert_jax[gcs]'"), error
