@@ -37,6 +37,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("log_every", ALLOW, "cadence"),
     ("checkpoint_every", ALLOW, "cadence"),
     ("keep_checkpoints", ALLOW, "cadence"),
+    ("async_checkpointing", ALLOW, "cadence"),
     ("eval_every", ALLOW, "evaluation"),
     ("eval_steps", ALLOW, "evaluation"),
     ("eval_batch_size", ALLOW, "evaluation"),

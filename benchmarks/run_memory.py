@@ -3,6 +3,8 @@
 Usage::
 
     python benchmarks/run_memory.py --preset xxlarge --vocab-size 5000 --batch-size 2 --seq-len 128
+    python benchmarks/run_memory.py --preset xxlarge --vocab-size 5000 --batch-size 2 --seq-len 128 \
+        --sync-checkpointing
 
 Runs `training.pretrain.run` in this process (a fresh WORKDIR, the embedded corpus, a vocabulary
 trained on it; two steps, checkpoints at both (orbax also saves a run's first step), one evaluation
@@ -183,6 +185,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--interval", type=float, default=0.1, help="seconds between RSS samples")
     p.add_argument("--workdir", default="", help="default: a temporary directory, removed afterwards")
+    p.add_argument(
+        "--sync-checkpointing",
+        action="store_true",
+        help="async_checkpointing=false: saves finish before the next step",
+    )
     args = p.parse_args()
 
     sampler = Sampler(args.interval)
@@ -202,6 +209,7 @@ def main() -> None:
     config.total_steps = config.eval_every = config.checkpoint_every = args.steps
     config.eval_steps = 1
     config.progress_bar = False
+    config.async_checkpointing = not args.sync_checkpointing
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         config.data.cache_dir = os.path.join(workdir, "token-cache")

@@ -100,6 +100,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.eval_every = 500  # and at the end; the best evaluation's checkpoint is kept in WORKDIR/best
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
+    c.async_checkpointing = True  # write in the background; false: the step waits (no second state copy)
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
     c.allow_config_change = False  # resume even if model, data or optimizer settings changed (logged)
     c.compilation_cache_dir = COMPILATION_CACHE_DIR

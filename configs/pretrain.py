@@ -99,6 +99,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.eval_batch_size = s["eval_batch_size"]
     c.checkpoint_every = s["checkpoint_every"]
     c.keep_checkpoints = 3
+    # Saves write in the background while training goes on; that holds a second copy of the state
+    # (host memory on CPU) during the write. false: each save finishes before the next step.
+    c.async_checkpointing = True
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file
     c.allow_config_change = False  # resume even if model, data or optimizer settings changed (logged)
     c.compilation_cache_dir = common.COMPILATION_CACHE_DIR

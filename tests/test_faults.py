@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from albert_jax import cli, config_drift, run_lock
-from albert_jax.checkpoint import COMMIT_MARKER, CheckpointError
-from albert_jax.training import finetune, pretrain
+from albert_jax.checkpoint import COMMIT_MARKER, Checkpointer, CheckpointError
+from albert_jax.training import finetune, pretrain, trainer
 from configs import glue as glue_configs
 from configs import ner as ner_configs
 from configs import pretrain as pretrain_configs
@@ -319,6 +321,32 @@ def test_disk_full_during_save_is_one_line_and_a_rerun_resumes(reference, small_
     assert sorted(_losses(workdir)) == list(range(1, 9))
     assert "8" in os.listdir(checkpoints)
     assert not [n for n in os.listdir(checkpoints) if "tmp" in n]  # the failed save's leftovers are gone
+
+
+def test_synchronous_checkpointing_saves_the_same_run(reference, tmp_path, monkeypatch):
+    made = []
+    real = trainer.Checkpointer
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("async_save", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "Checkpointer", spy)
+    workdir = str(tmp_path / "run")
+    pretrain.run(small_config(reference[0], **_shared(reference), async_checkpointing=False), workdir)
+    assert made == [False]
+    assert {k: m["loss"] for k, m in _losses(workdir).items()} == {
+        k: m["loss"] for k, m in _losses(reference[1]).items()
+    }
+    dirs = [os.path.join(w, "checkpoints") for w in (workdir, reference[1])]
+    assert sorted(os.listdir(dirs[0])) == sorted(os.listdir(dirs[1]))
+    ours, theirs = (Checkpointer(d, every=1, keep=1) for d in dirs)
+    try:
+        for a, b in zip(jax.tree.leaves(ours.restore_params()), jax.tree.leaves(theirs.restore_params())):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 # --- fine-tuning shares all of it -------------------------------------------------------------------------

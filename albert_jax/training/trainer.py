@@ -502,16 +502,18 @@ def fit(
     """Train `state` to `config.total_steps`, resuming from WORKDIR/checkpoints.
 
     Uses the config keys every run has: total_steps, log_every, eval_every, checkpoint_every,
-    keep_checkpoints, max_consecutive_nonfinite, progress_bar. `train_iter` is a checkpointable grain
-    iterator of process-local batches; `make_batch` turns one into global device arrays. `evaluate`
-    (state, step) -> metrics runs every `eval_every` steps and once at the end, unless the last step
-    was just evaluated; its metrics go to metrics.jsonl as they are named. With `progress_bar`, process 0
-    shows tqdm's bar when stderr is a terminal, else a `format_progress` line every `log_every` steps.
+    keep_checkpoints, async_checkpointing, max_consecutive_nonfinite, progress_bar. `train_iter` is a
+    checkpointable grain iterator of process-local batches; `make_batch` turns one into global device
+    arrays. `evaluate` (state, step) -> metrics runs every `eval_every` steps and once at the end, unless
+    the last step was just evaluated; its metrics go to metrics.jsonl as they are named. With
+    `progress_bar`, process 0 shows tqdm's bar when stderr is a terminal, else a `format_progress` line
+    every `log_every` steps.
     """
     ckpt = Checkpointer(
         workdir_lib.path(workdir, workdir_lib.CHECKPOINTS),
         config.checkpoint_every,
         config.keep_checkpoints,
+        async_save=config.async_checkpointing,
         cleanup_tmp=True,
     )
     sink: MetricsSink | None = None
