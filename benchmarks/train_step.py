@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/train_step.py --preset base --batch-size 8 --seq-len 128 --steps 10 --compare hf-torch
     python benchmarks/train_step.py --preset large --batch-size 2 --seq-len 128 --steps 3 --compare unrolled
+    HF_FLAX_PYTHON=../hfflax-venv/bin/python python benchmarks/train_step.py --preset large --batch-size 2 \
+        --seq-len 128 --steps 3 --compare unrolled,hf-flax --repeat 5
     python benchmarks/train_step.py --preset large --layers 48 --batch-size 2 --steps 3
     python benchmarks/train_step.py --preset large --seq-len 512 --batch-size 8 --dtype bfloat16 --remat dots
 
@@ -12,8 +14,11 @@ behind clipping and the non-finite guard, on a sharded state) on synthetic batch
 data pipeline's. `--compare hf-torch` runs transformers' `AlbertForPreTraining` (PyTorch, same config,
 same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping; on a GPU, on
 the same card with bf16 autocast for --dtype bfloat16) in the same invocation; `--compare unrolled`
-compiles the same step with `scan_layers=False` (HF Flax's layout). The ratios are ours / theirs for
-tokens/s and theirs / ours for compile time. The last line is one JSON object. A benchmark, not a test.
+compiles the same step with `scan_layers=False` (HF Flax's layout); `--compare hf-flax` compiles and
+times transformers 4.x's `FlaxAlbertForPreTraining` in the same step (`hf_flax_step.py`, under the side
+python `--hf-flax-python` / $HF_FLAX_PYTHON). `--repeat N` compiles the compared steps N times,
+alternating sides, and keeps each side's fastest. The ratios are ours / theirs for tokens/s and
+theirs / ours for compile time. The last line is one JSON object. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -23,18 +28,23 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import time
 from typing import Any
 
+import flax
 import jax
+import jaxlib
 import ml_collections
 import numpy as np
+import optax
 
 from albert_jax import sharding as sharding_lib
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
 from albert_jax.training import pretrain, trainer
 
+COMPARE = ("hf-torch", "unrolled", "hf-flax")
 MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len
 
 
@@ -118,11 +128,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
-    """Compile and time the project's step; returns its numbers."""
-    mesh = sharding_lib.make_mesh()
-    rules = sharding_lib.DEFAULT_RULES
-    run_cfg = ml_collections.ConfigDict(
+def optimizer_config(args) -> ml_collections.ConfigDict:
+    """The run config keys `trainer.make_tx` reads: clipping + AdamW/LAMB + the non-finite guard."""
+    return ml_collections.ConfigDict(
         dict(
             optimizer=args.optimizer,
             learning_rate=1e-4,
@@ -132,8 +140,35 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
             clip_norm=1.0,
         )
     )
+
+
+def time_steps(compiled: Any, state: Any, batch: Any, count: int) -> tuple[Any, list[float]]:
+    """Runs the compiled step `count` times, each timed to its metrics being ready."""
+    times = []
+    for _ in range(count):
+        s = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - s)
+    return state, times
+
+
+def lower_and_compile(step: Any, *args: Any) -> tuple[Any, dict]:
+    """`step.lower(*args).compile()`, timed."""
+    t0 = time.perf_counter()
+    lowered = step.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, "compile_time_s": t2 - t0}
+
+
+def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
+    """Compile and time the project's step; returns its numbers."""
+    mesh = sharding_lib.make_mesh()
+    rules = sharding_lib.DEFAULT_RULES
     model = AlbertForPreTraining(cfg)
-    tx, schedule = trainer.make_tx(run_cfg)
+    tx, schedule = trainer.make_tx(optimizer_config(args))
     t0 = time.perf_counter()
     state, state_sharding = trainer.create_train_state(
         lambda rng: init_params(model, rng, args.seq_len), model.apply, tx, mesh, rules, seed=0
@@ -153,17 +188,10 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     )
     batch = jax.device_put(batch_np, data_sharding)
     with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        lowered = step.lower(state, batch)
-        t1 = time.perf_counter()
-        compiled = lowered.compile()
-        t2 = time.perf_counter()
-        times = []
-        for _ in range(0 if args.compile_only else args.warmup + args.steps):
-            s = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - s)
+        compiled, compile_times = lower_and_compile(step, state, batch)
+        state, times = time_steps(
+            compiled, state, batch, 0 if args.compile_only else args.warmup + args.steps
+        )
         if args.profile and not args.compile_only:
             with jax.profiler.trace(args.profile):
                 for _ in range(3):
@@ -172,9 +200,7 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     return {
         "params": trainer.count_params(state.params),
         "init_s": init_s,
-        "lower_s": t1 - t0,
-        "compile_s": t2 - t1,
-        "compile_time_s": t2 - t0,
+        **compile_times,
         "step_time_s": statistics.median(times[args.warmup :]) if times else None,
         **xla_memory(compiled),
         "peak_device_bytes": peak_device_memory(),
@@ -280,6 +306,72 @@ def measure_unrolled(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     return measure_ours(cfg.replace(scan_layers=False), argparse.Namespace(**unrolled), batch_np)
 
 
+HF_FLAX_VENV_HOWTO = (
+    "python3 -m venv hfflax-venv, then pip install 'transformers<5' into it with this python's jax, jaxlib, "
+    "flax and optax versions and albert_jax's training dependencies (README.md, Benchmarks)"
+)
+
+
+def check_hf_flax_python(p: argparse.ArgumentParser, args) -> None:
+    """--compare hf-flax needs a side python (transformers 4.x); refuse early, saying how to make one."""
+    if not args.hf_flax_python:
+        p.error(
+            "--compare hf-flax runs HF's Flax ALBERT, which transformers 5 dropped, under a side python: "
+            f"pass --hf-flax-python PATH or set HF_FLAX_PYTHON; make one with: {HF_FLAX_VENV_HOWTO}"
+        )
+    if not (os.path.isfile(args.hf_flax_python) and os.access(args.hf_flax_python, os.X_OK)):
+        p.error(f"--hf-flax-python {args.hf_flax_python!r} is not an executable python")
+
+
+class HfFlaxStep:
+    """`hf_flax_step.py` under the side python: HF's Flax ALBERT in our step, compiled and timed there.
+
+    The child stays up so that further compiles alternate with ours (`compile_again`)."""
+
+    def __init__(self, args, argv: list[str]):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_flax_step.py")
+        self.proc = subprocess.Popen(
+            [args.hf_flax_python, script, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.first = self._read()
+        mine = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
+        mine["optax"] = optax.__version__
+        if self.first["versions"] != mine:
+            self.close()
+            raise SystemExit(
+                f"error: --hf-flax-python has {self.first['versions']}, this python {mine}; compile times "
+                "are comparable only with the same versions"
+            )
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.proc.wait()
+        raise SystemExit(f"error: the HF Flax step ({self.proc.args[0]}) exited with {self.proc.returncode}")
+
+    def compile_again(self) -> dict:
+        self.proc.stdin.write("compile\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def hf_flax_argv(args) -> list[str]:
+    """The flags `hf_flax_step.py` needs: the same shapes, dtype, optimizer and step counts."""
+    argv = [f"--preset={args.preset}", f"--batch-size={args.batch_size}", f"--seq-len={args.seq_len}"]
+    argv += [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--dtype={args.dtype}"]
+    argv += [f"--optimizer={args.optimizer}", f"--layers={args.layers}", f"--vocab-size={args.vocab_size}"]
+    return argv + (["--compile-only"] if args.compile_only else [])
+
+
+def fastest(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r["compile_time_s"])
+
+
 def peak_tflops(args) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops
@@ -290,7 +382,8 @@ def peak_tflops(args) -> float | None:
     return None
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags, shared with `hf_flax_step.py` (which takes the shape and optimizer ones)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="base", help="base|large|xlarge|xxlarge[-v1|-v2]")
     p.add_argument("--batch-size", type=int, default=8)
@@ -305,7 +398,21 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (CPUs have no table)")
     p.add_argument(
-        "--compare", default="", help="comma-separated: hf-torch (step time), unrolled (compile time)"
+        "--compare",
+        default="",
+        help="comma-separated: hf-torch (step time), unrolled and hf-flax (compile and step time)",
+    )
+    p.add_argument(
+        "--hf-flax-python",
+        default=os.environ.get("HF_FLAX_PYTHON", ""),
+        help="python of the side venv with transformers 4.x (Flax) for --compare hf-flax "
+        "(default: $HF_FLAX_PYTHON)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="compile each compared step this many times, alternating sides; each side's fastest is reported",
     )
     p.add_argument("--unrolled", action="store_true", help="time the step with scan_layers=False")
     p.add_argument("--profile", default="", help="also trace 3 steps with jax.profiler into this directory")
@@ -316,11 +423,20 @@ def main() -> None:
         default=0.0,
         help="also find the largest batch whose step fits this many GiB",
     )
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     compare = [c for c in args.compare.split(",") if c]
     for c in compare:
-        if c not in ("hf-torch", "unrolled"):
-            p.error(f"unknown --compare {c!r}; choose hf-torch and/or unrolled")
+        if c not in COMPARE:
+            p.error(f"unknown --compare {c!r}; choose from {', '.join(COMPARE)}")
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
+    if "hf-flax" in compare:
+        check_hf_flax_python(p, args)
     if args.compile_only and "hf-torch" in compare:
         p.error("--compare hf-torch times steps; drop --compile-only")
     if "hf-torch" in compare and args.optimizer != "adamw":
@@ -340,6 +456,21 @@ def main() -> None:
         + ("  unrolled" if args.unrolled else "")
     )
     ours = measure_ours(cfg, args, batch)
+    # Compile times vary by tens of percent on a shared machine: compile the compared steps `--repeat`
+    # times, alternating sides (each in its own warm process), and keep each side's fastest.
+    compile_only = argparse.Namespace(**dict(vars(args), compile_only=True, profile=""))
+    ours_runs, unrolled_runs, hf_flax_runs = [ours], [], []
+    hf_flax = HfFlaxStep(args, hf_flax_argv(args)) if "hf-flax" in compare else None
+    for i in range(args.repeat):
+        if i:
+            ours_runs.append(measure_ours(cfg, compile_only, batch))
+        if "unrolled" in compare:
+            unrolled_runs.append(measure_unrolled(cfg, args if i == 0 else compile_only, batch))
+        if hf_flax:
+            hf_flax_runs.append(hf_flax.first if i == 0 else hf_flax.compile_again())
+    if hf_flax:
+        hf_flax.close()
+    ours.update({k: fastest(ours_runs)[k] for k in ("lower_s", "compile_s", "compile_time_s")})
     step_s = ours["step_time_s"]
     tflops = flops / step_s / 1e12 if step_s else None
     peak = peak_tflops(args)
@@ -360,6 +491,7 @@ def main() -> None:
         "step_time_s": step_s,
         "compile_time_s": ours["compile_time_s"],
         "lower_time_s": ours["lower_s"],
+        "compile_repeats": args.repeat,
         "model_tflops_per_sec": tflops,
         "mfu": tflops / peak if peak and tflops else None,
         # Measured: the device allocator's peak where there is one, else the process's peak RSS.
@@ -370,7 +502,9 @@ def main() -> None:
     xla_peak = ours["xla_peak_bytes"]
     print(
         f"ours: {ours['params']:,} params  compile {ours['compile_time_s']:.2f} s "
-        f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f})"
+        f"(lower {ours['lower_s']:.2f} + XLA {ours['compile_s']:.2f}"
+        + (f", fastest of {args.repeat}" if args.repeat > 1 else "")
+        + ")"
         + (
             f"  step {step_s * 1e3:.1f} ms  {result['tokens_per_sec']:,.0f} tokens/s"
             f"  {tflops:.3f} model TFLOP/s"
@@ -393,12 +527,36 @@ def main() -> None:
         result["largest_batch_xla_peak_bytes"] = mem.get("xla_peak_bytes")
         print(f"  -> batch {fits}")
     if "unrolled" in compare:
-        unrolled = measure_unrolled(cfg, args, batch)
+        unrolled = fastest(unrolled_runs)
         result["unrolled_compile_time_s"] = unrolled["compile_time_s"]
         result["compile_speedup_vs_unrolled"] = unrolled["compile_time_s"] / ours["compile_time_s"]
         print(
             f"unrolled ({cfg.num_hidden_layers} layers): compile {unrolled['compile_time_s']:.2f} s  -> "
             f"scanned compiles {result['compile_speedup_vs_unrolled']:.2f}x faster"
+        )
+    if hf_flax:
+        hf = fastest(hf_flax_runs)
+        step = hf_flax_runs[0]["step_time_s"]
+        result.update(
+            hf_flax_transformers=hf_flax_runs[0]["transformers"],
+            hf_flax_params=hf_flax_runs[0]["params"],
+            hf_flax_compile_time_s=hf["compile_time_s"],
+            hf_flax_lower_time_s=hf["lower_s"],
+            hf_flax_step_time_s=step,
+            hf_flax_tokens_per_sec=tokens / step if step else None,
+            compile_speedup_vs_hf_flax=hf["compile_time_s"] / ours["compile_time_s"],
+            speedup_vs_hf_flax=step / step_s if step and step_s else None,
+        )
+        print(
+            f"HF Flax (transformers {result['hf_flax_transformers']}, {result['hf_flax_params']:,} params): "
+            f"compile {hf['compile_time_s']:.2f} s (lower {hf['lower_s']:.2f} + XLA {hf['compile_s']:.2f})"
+            + (
+                f"  step {step * 1e3:.1f} ms  {result['hf_flax_tokens_per_sec']:,.0f} tokens/s"
+                if step
+                else ""
+            )
+            + f"  -> ours compiles {result['compile_speedup_vs_hf_flax']:.2f}x faster"
+            + (f", ours is {result['speedup_vs_hf_flax']:.2f}x tokens/s" if step and step_s else "")
         )
     if "hf-torch" in compare:
         hf = measure_hf_torch(cfg, args, batch)

@@ -134,6 +134,8 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
 
 # Benchmarks of real data: they need ../shared/data (CI has it, a fresh clone does not).
 NEEDS_SHARED = r"^python benchmarks/(finetune_buckets|sentence_split|tokenizer_speed)\.py"
+# HF's Flax ALBERT runs under a side venv (transformers 4.x), which CI does not make.
+NEEDS_HF_FLAX = r"^python benchmarks/train_step\.py .*--compare \S*hf-flax"
 
 
 def rule_for(cmd: str):
@@ -198,6 +200,8 @@ def test_readme_command_runs(cmd, playground):
         pytest.skip(f"{cmd!r} is this test suite")
     if re.match(NEEDS_SHARED, cmd) and not os.path.isdir(SHARED):
         pytest.skip(f"{cmd!r} reads real data in {SHARED} (../shared is absent)")
+    if re.match(NEEDS_HF_FLAX, cmd) and not os.environ.get("HF_FLAX_PYTHON"):
+        pytest.skip(f"{cmd!r} needs the HF Flax side venv (set HF_FLAX_PYTHON)")
     root, env = playground
     shell_cmd, extra_env = shrink(cmd)
     with contextlib.ExitStack() as stack:
