@@ -20,14 +20,17 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # albert_jax from this checkout; train_step.py sits next to this file
 
-import flax
-import jax
-import jax.numpy as jnp
-import jaxlib
-import optax
-import train_step
+try:
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import jaxlib
+    import optax
+    import train_step
 
-from albert_jax.training import pretrain, trainer
+    from albert_jax.training import pretrain, trainer
+except ImportError as e:
+    sys.exit(f"error: {sys.executable} cannot run the HF Flax step ({e}); see README.md, Benchmarks")
 
 
 def versions() -> dict[str, str]:

@@ -455,12 +455,13 @@ def main() -> None:
         f"remat {args.remat}  optimizer {args.optimizer}  attention {args.attention}"
         + ("  unrolled" if args.unrolled else "")
     )
+    # HF Flax first: a side python that cannot run it fails before ours is measured.
+    hf_flax = HfFlaxStep(args, hf_flax_argv(args)) if "hf-flax" in compare else None
     ours = measure_ours(cfg, args, batch)
     # Compile times vary by tens of percent on a shared machine: compile the compared steps `--repeat`
     # times, alternating sides (each in its own warm process), and keep each side's fastest.
     compile_only = argparse.Namespace(**dict(vars(args), compile_only=True, profile=""))
     ours_runs, unrolled_runs, hf_flax_runs = [ours], [], []
-    hf_flax = HfFlaxStep(args, hf_flax_argv(args)) if "hf-flax" in compare else None
     for i in range(args.repeat):
         if i:
             ours_runs.append(measure_ours(cfg, compile_only, batch))
