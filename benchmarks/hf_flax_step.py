@@ -1,4 +1,4 @@
-"""transformers' Flax `FlaxAlbertForPreTraining` in our train step: the child of `train_step.py --compare hf-flax`.
+"""transformers' Flax `FlaxAlbertForPreTraining` in our step: the child of `--compare hf-flax`.
 
 Runs under a side python (transformers 4.x, the last with Flax; the same jax, jaxlib, flax and optax as
 ours) and takes `train_step.py`'s flags. It builds HF's model from the same config (dropout 0), puts it
@@ -21,26 +21,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # albert_jax from this checkout; train_step.py sits next to this file
 
 try:
-    import flax
     import jax
     import jax.numpy as jnp
-    import jaxlib
-    import optax
     import train_step
 
     from albert_jax.training import pretrain, trainer
 except ImportError as e:
     sys.exit(f"error: {sys.executable} cannot run the HF Flax step ({e}); see README.md, Benchmarks")
-
-
-def versions() -> dict[str, str]:
-    """What the compile times depend on; the parent refuses a side python whose versions differ."""
-    return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-    }
 
 
 def hf_pretraining_model(cfg, dtype: str):
@@ -95,7 +82,7 @@ def main() -> None:
         params=trainer.count_params(state.params),
         step_time_s=statistics.median(times[args.warmup :]) if times else None,
         transformers=hf_version,
-        versions=versions(),
+        versions=train_step.library_versions(),  # the parent refuses a side python whose versions differ
     )
     print(json.dumps(result), flush=True)
     for line in sys.stdin:  # one fresh compile per `compile` line, until the parent closes stdin

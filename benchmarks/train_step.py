@@ -312,6 +312,16 @@ HF_FLAX_VENV_HOWTO = (
 )
 
 
+def library_versions() -> dict[str, str]:
+    """What compile times depend on: a side python for --compare hf-flax must report the same."""
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+    }
+
+
 def check_hf_flax_python(p: argparse.ArgumentParser, args) -> None:
     """--compare hf-flax needs a side python (transformers 4.x); refuse early, saying how to make one."""
     if not args.hf_flax_python:
@@ -334,8 +344,7 @@ class HfFlaxStep:
             [args.hf_flax_python, script, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self.first = self._read()
-        mine = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
-        mine["optax"] = optax.__version__
+        mine = library_versions()
         if self.first["versions"] != mine:
             self.close()
             raise SystemExit(

@@ -377,7 +377,7 @@ def test_finetuning_refuses_drift_and_falls_back_from_a_damaged_checkpoint(tmp_p
     assert "bad-6" in os.listdir(os.path.join(workdir, "checkpoints"))
 
 
-def test_gs_path_without_gcsfs_is_one_error_line(tmp_path):
+def test_gs_path_without_gcsfs_is_one_error_line():
     # gcsfs is an optional extra ([gcs]); None in sys.modules makes its import fail as if absent.
     code = (
         "import runpy, sys; sys.modules['gcsfs'] = None; "
