@@ -34,6 +34,7 @@ PRETRAIN_PANELS = (
             ("mlm_accuracy", "MLM", "-"),
             ("sop_accuracy", "SOP", ":"),
             ("eval_mlm_accuracy", "MLM held-out", "--"),
+            ("eval_mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (1, 1))),
             ("eval_sop_accuracy", "SOP held-out", "-."),
         ),
     ),
@@ -133,7 +134,7 @@ def plot_runs(workdirs: Sequence[str]) -> Figure:
         for run, colour in zip(runs, colours):
             for key, _, style in curves:
                 steps, values = run.series(key)
-                ax.plot(steps, values, style, color=colour, marker=_marker(key), markersize=4)
+                ax.plot(steps, values, linestyle=style, color=colour, marker=_marker(key), markersize=4)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))

@@ -128,6 +128,7 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]]]] = [
     (r"^python benchmarks/tokenizer_speed\.py", lambda c: (f"{c} --repeat 1 --copies 1", {})),
     (r"^python benchmarks/sentence_split\.py", lambda c: (f"{c} --repeat 1", {})),
     (r"^python benchmarks/input_pipeline\.py", lambda c: (f"{c} --examples 64 --seq-len 128", {})),
+    (r"^python benchmarks/mlm_plateau\.py", lambda c: (f"{c} --steps 2 --eval-every 1 --vocab-size 900", {})),
     (r"^(gcloud compute tpus tpu-vm ssh|srun) ", _on_a_cluster),
 ]
 

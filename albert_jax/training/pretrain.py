@@ -62,12 +62,19 @@ def pretraining_loss(
         rngs={"dropout": rng},
     )
     weights = batch["masked_lm_weights"]
+    # Positions whose input piece was replaced ([MASK] or a random piece, 90% of them). The other 10% keep
+    # their piece, so a model that only copies its input scores there without having used any context.
+    shown = jnp.take_along_axis(batch["input_ids"], batch["masked_lm_positions"], axis=1)
+    replaced = weights * (shown != batch["masked_lm_ids"])
+    correct = out.prediction_logits.argmax(-1) == batch["masked_lm_ids"]
     mlm_xent = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits, batch["masked_lm_ids"])
     sop_xent = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits, batch["sentence_order_label"])
     stats = {
         "mlm_loss_sum": jnp.sum(mlm_xent * weights),
         "mlm_weight": jnp.sum(weights),
-        "mlm_correct": jnp.sum((out.prediction_logits.argmax(-1) == batch["masked_lm_ids"]) * weights),
+        "mlm_correct": jnp.sum(correct * weights),
+        "mlm_replaced_correct": jnp.sum(correct * replaced),
+        "mlm_replaced_weight": jnp.sum(replaced),
         "sop_loss_sum": jnp.sum(sop_xent),
         "sop_count": jnp.asarray(sop_xent.shape[0], jnp.float32),
         "sop_correct": jnp.sum(out.sop_logits.argmax(-1) == batch["sentence_order_label"]).astype(
@@ -93,6 +100,9 @@ def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
         "loss": mlm_loss + sop_loss,
         "mlm_loss": mlm_loss,
         "mlm_accuracy": stats["mlm_correct"] / jnp.maximum(stats["mlm_weight"], 1.0),
+        "mlm_replaced_accuracy": (
+            stats["mlm_replaced_correct"] / jnp.maximum(stats["mlm_replaced_weight"], 1.0)
+        ),
         "sop_loss": sop_loss,
         "sop_accuracy": stats["sop_correct"] / jnp.maximum(stats["sop_count"], 1.0),
     }
@@ -276,10 +286,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, flo
         metrics = evaluate(eval_fn, state.params, setup, config, data_sharding)
         if metrics:
             log.info(
-                "step %d held-out: MLM accuracy %.4f (baseline %.4f), SOP accuracy %.4f",
+                "step %d held-out: MLM accuracy %.4f (baseline %.4f), "
+                "at replaced pieces %.4f (baseline %.4f), SOP accuracy %.4f",
                 step,
                 metrics["mlm_accuracy"],
                 metrics["mlm_majority_accuracy"],
+                metrics["mlm_replaced_accuracy"],
+                metrics["mlm_replaced_majority_accuracy"],
                 metrics["sop_accuracy"],
             )
         return {f"eval_{k}": v for k, v in metrics.items()}
@@ -303,7 +316,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, flo
 
 def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> dict[str, float]:
     """Held-out MLM/SOP loss and accuracy, plus the accuracy of always predicting the most frequent
-    target token (the baseline the MLM accuracy must beat)."""
+    target token (the baseline the MLM accuracy must beat), over all masked positions and over those whose
+    input piece was replaced (where only the context can tell the answer)."""
     ds = pretraining_dataset(
         setup.corpus,
         setup.data_config,
@@ -312,19 +326,24 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
         seed=config.seed,
     )
     totals: dict[str, float] = {}
-    targets = []
+    targets, replaced_targets = [], []
     for i, local in enumerate(ds):
         if i >= config.eval_steps:
             break
         stats = jax.device_get(eval_fn(params, make_global_batch(local, data_sharding)))
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + float(v)
-        targets.append(local["masked_lm_ids"][local["masked_lm_weights"] > 0])
+        ids, used = local["masked_lm_ids"], local["masked_lm_weights"] > 0
+        shown = np.take_along_axis(local["input_ids"], local["masked_lm_positions"], axis=1)
+        targets.append(ids[used])
+        replaced_targets.append(ids[used & (shown != ids)])
     if not totals:
         return {}
     out = {k: float(v) for k, v in _summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
-    counts = np.bincount(np.concatenate(targets))
-    out["mlm_majority_accuracy"] = float(counts.max() / counts.sum())
+    majorities = {"mlm_majority_accuracy": targets, "mlm_replaced_majority_accuracy": replaced_targets}
+    for key, found in majorities.items():
+        counts = np.bincount(np.concatenate(found))
+        out[key] = float(counts.max() / max(counts.sum(), 1))
     return out
 
 
@@ -417,6 +436,11 @@ def _print_summary(final_eval, model, params, setup: PretrainSetup) -> None:
         f"held-out MLM accuracy {final_eval['mlm_accuracy']:.4f} "
         f"(most-frequent-token baseline {final_eval['mlm_majority_accuracy']:.4f}), "
         f"SOP accuracy {final_eval['sop_accuracy']:.4f} (chance 0.5)"
+    )
+    print(
+        "MLM accuracy where the input piece was replaced ([MASK] or random, so only the context tells): "
+        f"{final_eval['mlm_replaced_accuracy']:.4f} "
+        f"(baseline {final_eval['mlm_replaced_majority_accuracy']:.4f})"
     )
     examples = fill_mask_examples(setup)
     print(f"fill-mask, {len(examples)} held-out sentences (top 5; * = the masked word):")
