@@ -34,7 +34,7 @@ PRETRAIN_PANELS = (
             ("mlm_accuracy", "MLM", "-"),
             ("sop_accuracy", "SOP", ":"),
             ("eval_mlm_accuracy", "MLM held-out", "--"),
-            ("eval_mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (1, 1))),
+            ("eval_mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (5, 1, 1, 1, 1, 1))),
             ("eval_sop_accuracy", "SOP held-out", "-."),
         ),
     ),

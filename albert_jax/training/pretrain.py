@@ -343,7 +343,7 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
     majorities = {"mlm_majority_accuracy": targets, "mlm_replaced_majority_accuracy": replaced_targets}
     for key, found in majorities.items():
         counts = np.bincount(np.concatenate(found))
-        out[key] = float(counts.max() / max(counts.sum(), 1))
+        out[key] = float(counts.max() / counts.sum()) if counts.sum() else 0.0
     return out
 
 
