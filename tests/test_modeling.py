@@ -197,6 +197,59 @@ def test_parity_with_transformers(config_name, head, num_labels):
         assert_close(gathered, expected, "prediction_logits at masked_lm_positions")
 
 
+@pytest.mark.parametrize("config_name", PARITY_CONFIGS)
+def test_gradient_parity_with_transformers(config_name):
+    """The gradient of our MLM+SOP training loss (`pretrain.pretraining_loss`, logits gathered at the
+    masked positions) equals autograd's through HF's AlbertForPreTraining loss, leaf by leaf: the
+    optimizer sees what HF would give it. Input ids avoid <pad> (0): torch's `padding_idx` drops the
+    lookup's gradient for that row, ours keeps it; in training a pad row never reaches the loss."""
+    from albert_jax.training import pretrain
+
+    model = hf_model("AlbertForPreTraining", **COMMON, **PARITY_CONFIGS[config_name])
+    config = our_config(model)
+    inputs = batch(config, (3, 11))
+    inputs["input_ids"] = np.maximum(inputs["input_ids"], 1)
+    rng = np.random.default_rng(1)
+    positions = np.stack([np.sort(rng.choice(np.arange(1, 11), 3, replace=False)) for _ in range(3)])
+    targets = rng.integers(1, config.vocab_size, positions.shape)
+    order = np.array([0, 1, 1])
+    labels = np.full(inputs["input_ids"].shape, -100)
+    np.put_along_axis(labels, positions, targets, axis=1)
+    out = model(
+        **{k: torch.from_numpy(v) for k, v in inputs.items()},
+        labels=torch.from_numpy(labels),
+        sentence_order_label=torch.from_numpy(order),
+    )
+    out.loss.backward()
+    grad_of = {id(p): p.grad.numpy() for p in model.parameters()}
+    tensors = model.state_dict(keep_vars=True).items()  # tied weights under each of their names
+    hf_grads = {k: grad_of.get(id(v), v.detach().numpy()) for k, v in tensors}
+
+    params = params_from_hf(config, "AlbertForPreTraining", model.state_dict())
+    module = modeling.AlbertForPreTraining(config)
+    ours_batch = {
+        **{k: v.astype(np.int32) for k, v in inputs.items()},
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": targets.astype(np.int32),
+        "masked_lm_weights": np.ones(positions.shape, np.float32),
+        "sentence_order_label": order.astype(np.int32),
+    }
+
+    def loss(p):
+        norm = pretrain.loss_norm(ours_batch)
+        rng = jax.random.key(0)
+        return pretrain.pretraining_loss(p, module.apply, ours_batch, rng, norm, deterministic=True)[0]
+
+    value, grads = jax.value_and_grad(loss)(params)
+    np.testing.assert_allclose(float(value), out.loss.item(), rtol=1e-5)
+    expected = params_from_hf(config, "AlbertForPreTraining", hf_grads)
+    expected = dict(traverse_util.flatten_dict(expected, sep="/"))
+    got = dict(traverse_util.flatten_dict(grads, sep="/"))
+    assert got.keys() == expected.keys()
+    for name, g in got.items():
+        assert_close(g, expected[name], f"gradient of {name}", atol=2e-5)
+
+
 def test_parity_default_inputs():
     """No mask, no token types: both sides default to all-ones / zeros."""
     model = hf_model("AlbertModel", **COMMON, **PARITY_CONFIGS["relu-E=H"])
