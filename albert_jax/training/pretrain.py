@@ -62,10 +62,7 @@ def pretraining_loss(
         rngs={"dropout": rng},
     )
     weights = batch["masked_lm_weights"]
-    # Positions whose input piece was replaced ([MASK] or a random piece, 90% of them). The other 10% keep
-    # their piece, so a model that only copies its input scores there without having used any context.
-    shown = jnp.take_along_axis(batch["input_ids"], batch["masked_lm_positions"], axis=1)
-    replaced = weights * (shown != batch["masked_lm_ids"])
+    replaced = weights * replaced_pieces(batch, jnp)
     correct = out.prediction_logits.argmax(-1) == batch["masked_lm_ids"]
     mlm_xent = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits, batch["masked_lm_ids"])
     sop_xent = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits, batch["sentence_order_label"])
@@ -83,6 +80,14 @@ def pretraining_loss(
     }
     loss = stats["mlm_loss_sum"] / norm["mlm"] + stats["sop_loss_sum"] / norm["sop"]
     return loss, stats
+
+
+def replaced_pieces(batch: Batch, xp: Any = np) -> Any:
+    """[B, P] bools: the masked positions whose input piece was replaced ([MASK] or a random piece, 90% of
+    them). The other 10% keep their piece, so a model that only copies its input scores there without
+    having used any context. `xp` is numpy (host batches) or jax.numpy (inside the step)."""
+    shown = xp.take_along_axis(batch["input_ids"], batch["masked_lm_positions"], axis=1)
+    return shown != batch["masked_lm_ids"]
 
 
 def loss_norm(batch: Batch) -> dict[str, jax.Array]:
@@ -334,9 +339,8 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + float(v)
         ids, used = local["masked_lm_ids"], local["masked_lm_weights"] > 0
-        shown = np.take_along_axis(local["input_ids"], local["masked_lm_positions"], axis=1)
         targets.append(ids[used])
-        replaced_targets.append(ids[used & (shown != ids)])
+        replaced_targets.append(ids[used & replaced_pieces(local)])
     if not totals:
         return {}
     out = {k: float(v) for k, v in _summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
