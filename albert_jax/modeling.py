@@ -93,7 +93,8 @@ def _init(config: AlbertConfig, axes: tuple[str | None, ...]):
     )
 
 
-def _dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
+def dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
+    """A `Dense` layer in the config's dtypes with the original's initialiser; `axes`: logical (in, out)."""
     return nn.Dense(
         features,
         dtype=config.jnp_dtype,
@@ -128,7 +129,8 @@ class _Einsum(nn.Module):
         return jnp.einsum(self.equation, x, kernel) + bias
 
 
-def _layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
+def layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
+    """A `LayerNorm` in the config's dtypes and epsilon, its scale and bias on logical axis `axis_name`."""
     # use_fast_variance=False: E[(x-mean)^2], as torch computes it (parity at 1e-4 on large activations).
     return nn.LayerNorm(
         epsilon=config.layer_norm_eps,
@@ -178,7 +180,7 @@ class AlbertEmbeddings(nn.Module):
             x += positions.embedding[: x.shape[-2]].astype(cfg.jnp_dtype)  # TE, broadcast over B
         else:
             x += positions(position_ids)
-        x = _layer_norm(cfg, "embed", "LayerNorm")(x)
+        x = layer_norm(cfg, "embed", "LayerNorm")(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)  # BTE
 
 
@@ -232,7 +234,7 @@ class AlbertAttention(nn.Module):
             cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense"
         )(context)
         out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
-        return _layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
+        return layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
 
 
 class AlbertLayer(nn.Module):
@@ -244,11 +246,11 @@ class AlbertLayer(nn.Module):
     def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool):
         cfg = self.config
         a, weights = AlbertAttention(cfg, name="attention")(x, mask, deterministic, output_attentions)
-        h = _dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(a)  # 'BTH,HI->BTI'
+        h = dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(a)  # 'BTH,HI->BTI'
         h = ACTIVATIONS[cfg.hidden_act](h)
-        h = _dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)  # 'BTI,IH->BTH'
+        h = dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)  # 'BTI,IH->BTH'
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        out = _layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
+        out = layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
         return nn.with_logical_constraint(out, ("batch", "length", "hidden")), weights
 
 
@@ -289,7 +291,7 @@ class AlbertTransformer(nn.Module):
         self, x: Array, mask: Array, deterministic: bool, output_attentions: bool, output_hidden_states: bool
     ):
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(
+        x = dense(cfg, cfg.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(
             x
         )  # 'BTE,EH->BTH'
         x = nn.with_logical_constraint(x, ("batch", "length", "hidden"))
@@ -416,9 +418,7 @@ class AlbertModel(nn.Module):
         )
         pooled = None
         if self.add_pooling_layer:
-            pooled = jnp.tanh(
-                _dense(cfg, cfg.hidden_size, ("hidden", None), "pooler")(x[:, 0])
-            )  # 'BH,HH->BH'
+            pooled = jnp.tanh(dense(cfg, cfg.hidden_size, ("hidden", None), "pooler")(x[:, 0]))  # 'BH,HH->BH'
         return AlbertModelOutput(
             last_hidden_state=x, pooler_output=pooled, hidden_states=states, attentions=weights
         )
@@ -439,8 +439,8 @@ class AlbertMLMHead(nn.Module):
     @nn.compact
     def __call__(self, x: Array, word_embeddings: Array) -> Array:
         cfg = self.config
-        x = _dense(cfg, cfg.embedding_size, ("hidden", "embed"), "dense")(x)  # 'B...H,HE->B...E'
-        x = _layer_norm(cfg, "embed", "LayerNorm")(ACTIVATIONS[cfg.hidden_act](x))
+        x = dense(cfg, cfg.embedding_size, ("hidden", "embed"), "dense")(x)  # 'B...H,HE->B...E'
+        x = layer_norm(cfg, "embed", "LayerNorm")(ACTIVATIONS[cfg.hidden_act](x))
         bias = self.param(
             "bias",
             nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
@@ -456,7 +456,7 @@ def _classify(
 ) -> Array:
     """Dropout then HF's `classifier` linear layer; called inside a head's compact method."""
     x = nn.Dropout(dropout_rate or 0.0)(x, deterministic=deterministic)
-    return _dense(cfg, num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
+    return dense(cfg, num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
 
 
 class AlbertSOPHead(nn.Module):
@@ -471,14 +471,15 @@ class AlbertSOPHead(nn.Module):
     @nn.compact
     def __call__(self, pooled: Array) -> Array:
         cfg = self.config
-        return _dense(cfg, cfg.num_labels, ("hidden", None), "classifier")(pooled).astype(jnp.float32)
+        return dense(cfg, cfg.num_labels, ("hidden", None), "classifier")(pooled).astype(jnp.float32)
 
 
-def _classifier_dropout(cfg: AlbertConfig) -> float:
+def classifier_dropout(cfg: AlbertConfig) -> float:
+    """HF's head dropout rate: `classifier_dropout_prob`, or `hidden_dropout_prob` when that is None."""
     return cfg.classifier_dropout_prob if cfg.classifier_dropout_prob is not None else cfg.hidden_dropout_prob
 
 
-class _AlbertWithHead(nn.Module):
+class AlbertWithHead(nn.Module):
     """HF's call signature and the `albert` encoder, shared by every head; subclasses define `head`.
 
     Multiple choice (`choices=True`) takes [B, C, T] inputs and encodes them as [B*C, T].
@@ -512,7 +513,7 @@ class _AlbertWithHead(nn.Module):
         return self.output_cls(**fields, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-class AlbertForPreTraining(_AlbertWithHead):
+class AlbertForPreTraining(AlbertWithHead):
     """MLM + sentence-order prediction. With `masked_lm_positions` [B, P] the vocabulary logits are
     computed at those positions only ([B, P, V], as the original ALBERT does), else at every position."""
 
@@ -528,7 +529,7 @@ class AlbertForPreTraining(_AlbertWithHead):
         }
 
 
-class AlbertForMaskedLM(_AlbertWithHead):
+class AlbertForMaskedLM(AlbertWithHead):
     """Vocabulary logits at every position, `logits` [B, T, V]."""
 
     pooling: ClassVar[bool] = False
@@ -539,7 +540,7 @@ class AlbertForMaskedLM(_AlbertWithHead):
         return {"logits": mlm(out.last_hidden_state, albert.word_embeddings())}
 
 
-class AlbertForSequenceClassification(_AlbertWithHead):
+class AlbertForSequenceClassification(AlbertWithHead):
     """Pooled [CLS] → dropout → classifier; `logits` [B, num_labels] (num_labels=1 is regression)."""
 
     output_cls: ClassVar[type] = ClassifierOutput
@@ -553,7 +554,7 @@ class AlbertForSequenceClassification(_AlbertWithHead):
         }
 
 
-class AlbertForTokenClassification(_AlbertWithHead):
+class AlbertForTokenClassification(AlbertWithHead):
     """Every position → dropout → classifier; `logits` [B, T, num_labels]."""
 
     pooling: ClassVar[bool] = False
@@ -563,12 +564,12 @@ class AlbertForTokenClassification(_AlbertWithHead):
         cfg = self.config
         return {
             "logits": _classify(
-                cfg, out.last_hidden_state, cfg.num_labels, _classifier_dropout(cfg), deterministic
+                cfg, out.last_hidden_state, cfg.num_labels, classifier_dropout(cfg), deterministic
             )
         }
 
 
-class AlbertForQuestionAnswering(_AlbertWithHead):
+class AlbertForQuestionAnswering(AlbertWithHead):
     """Span extraction: `start_logits`, `end_logits` [B, T] from one linear layer (HF's `qa_outputs`)."""
 
     pooling: ClassVar[bool] = False
@@ -579,13 +580,13 @@ class AlbertForQuestionAnswering(_AlbertWithHead):
             raise ValueError(
                 f"AlbertForQuestionAnswering needs num_labels=2 (start, end), got {self.config.num_labels}"
             )
-        logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(out.last_hidden_state).astype(
+        logits = dense(self.config, 2, ("hidden", None), "qa_outputs")(out.last_hidden_state).astype(
             jnp.float32
         )
         return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}  # 'BT2->BT, BT'
 
 
-class AlbertForMultipleChoice(_AlbertWithHead):
+class AlbertForMultipleChoice(AlbertWithHead):
     """Inputs [B, C, T]; each choice is encoded and pooled, then scored; `logits` [B, C]."""
 
     choices: ClassVar[bool] = True

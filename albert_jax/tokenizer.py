@@ -28,13 +28,15 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 from etils import epath
+
+from albert_jax import hub
 
 SPIECE_UNDERLINE = "▁"
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"
@@ -57,6 +59,14 @@ _PADDING = {
     "longest": "longest",
     "max_length": "max_length",
 }
+# What padding positions hold, per encoding key (input_ids: the <pad> id), as transformers pads.
+_PAD_FILL: dict[str, Any] = {
+    "token_type_ids": 0,
+    "attention_mask": 0,
+    "special_tokens_mask": 1,
+    "offset_mapping": (0, 0),
+}
+_PADDED_KEYS = frozenset({"input_ids", *_PAD_FILL})
 
 
 @functools.cache
@@ -228,17 +238,18 @@ class AlbertTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> AlbertTokenizer:
-        """Load from a checkpoint folder (``spiece.model`` + optional ``tokenizer_config.json``) or a ``.model`` file.
+        """Load from a checkpoint folder (``spiece.model`` + optional ``tokenizer_config.json``), a
+        ``.model`` file, or a Hugging Face Hub id such as ``albert/albert-base-v2`` (see ``hub.local_dir``).
 
         Keyword arguments override the flags read from ``tokenizer_config.json``.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        path = epath.Path(path)
+        given, path = path, epath.Path(path)
         if path.is_file():
             return cls(path, **kwargs)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer path not found: {str(path)!r}")
+            path = epath.Path(hub.local_dir(given))
         model = path / MODEL_FILE_NAME
         if not model.is_file():
             raise FileNotFoundError(f"no {MODEL_FILE_NAME} in {str(path)!r}")
@@ -292,8 +303,22 @@ class AlbertTokenizer:
         """Number of pieces in the SentencePiece model."""
         return self._sp.get_piece_size()
 
+    def check_vocab_size(self, vocab_size: int, where: str) -> None:
+        """The one check that a model's `vocab_size` matches this vocabulary (ValueError naming `where`,
+        the two sizes and the fix)."""
+        if self.vocab_size != vocab_size:
+            raise ValueError(
+                f"{where}: the vocabulary {self.model_file} has {self.vocab_size} pieces but the model's "
+                f"vocab_size is {vocab_size}; set --config.model.vocab_size={self.vocab_size} or use a "
+                "matching spiece.model"
+            )
+
     def __len__(self) -> int:
         return self.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        """Every piece with its id, ``{piece: id}``, as transformers' ``get_vocab``."""
+        return {piece: i for i, piece in enumerate(self._sp.IdToPiece(list(range(self.vocab_size))))}
 
     @property
     def pad_token_id(self) -> int:
@@ -516,8 +541,14 @@ class AlbertTokenizer:
         """Whether a leading format/control ``char`` of a piece's span was deleted by SentencePiece."""
         return more and not body.startswith(char) and unicodedata.category(char) in ("Cf", "Cc")
 
-    def _encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids (as :meth:`encode`) and ``(start, end)`` character spans into the original ``text``."""
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` (as :meth:`encode`) and, per token, its ``(start, end)`` span in ``text``.
+
+        Spans are character offsets into the original ``text``, before lowercasing, accent stripping
+        and whitespace collapsing: ``text[start:end]`` is what the token came from. A token that covers
+        no character (a bare ``▁``) gets the empty span where the next character starts. Used for
+        ``return_offsets_mapping`` and for SQuAD answer spans.
+        """
         _check_text(text, "text")
         lowered = self._lowered(text)
         if len(lowered) == len(text):
@@ -628,8 +659,8 @@ class AlbertTokenizer:
             raise ValueError("padding='max_length' needs max_length")
 
         if return_offsets_mapping:
-            enc_a = [self._encode_with_offsets(t) for t in texts]
-            enc_b = None if pairs is None else [self._encode_with_offsets(t) for t in pairs]
+            enc_a = [self.encode_with_offsets(t) for t in texts]
+            enc_b = None if pairs is None else [self.encode_with_offsets(t) for t in pairs]
         else:
             all_ids = self.encode_batch(texts + (pairs or []))
             enc_a = [(ids, None) for ids in all_ids[: len(texts)]]
@@ -661,40 +692,101 @@ class AlbertTokenizer:
                 rows["offset_mapping"].append(offs)
 
         if pad is not None:
-            target = (
-                max_length if pad == "max_length" else max((len(r) for r in rows["input_ids"]), default=0)
-            )
-            fill = {
-                "input_ids": self.pad_token_id,
-                "token_type_ids": 0,
-                "attention_mask": 0,
-                "offset_mapping": (0, 0),
-            }
-            for key, values in rows.items():
-                for r in values:
-                    r.extend([fill[key]] * (target - len(r)))
-
+            self._pad_rows(rows, _pad_target(rows["input_ids"], pad, max_length, None))
         if return_tensors == "np":
-            lengths = {len(r) for r in rows["input_ids"]}
-            if len(lengths) > 1:
-                raise ValueError("sequences have different lengths; use padding=True to return arrays")
-            result: dict[str, Any] = {}
-            for key, values in rows.items():
-                arr = np.asarray(values, dtype=np.int32)
-                if key == "offset_mapping":
-                    arr = arr.reshape(len(values), -1, 2)
-                else:
-                    arr = arr.reshape(len(values), -1)
-                result[key] = arr
-            return result
+            return _as_arrays(rows)
         if batched:
             return rows
         return {key: values[0] for key, values in rows.items()}
 
+    def _pad_rows(self, rows: dict[str, list[list[Any]]], target: int) -> None:
+        """Right-pad, in place, every padded key of each row by what its input_ids lack of `target`."""
+        fill = {"input_ids": self.pad_token_id, **_PAD_FILL}
+        for n, ids in enumerate(rows["input_ids"]):
+            missing = target - len(ids)
+            for key in fill.keys() & rows.keys():
+                rows[key][n] = list(rows[key][n]) + [fill[key]] * missing
+
+    def pad(
+        self,
+        encoded_inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> dict[str, Any]:
+        """Pad encodings on the right, as transformers' ``tokenizer.pad`` (ALBERT pads on the right).
+
+        ``encoded_inputs``: one encoding (a dict of id lists, as :meth:`__call__` returns for one text),
+        a batch (a dict of lists of lists, or of 2-D arrays), or a list of encodings (a data loader's
+        collate function). ``input_ids`` are padded with ``<pad>``, ``token_type_ids`` with 0,
+        ``attention_mask`` with 0 (and made, all ones, when absent), ``special_tokens_mask`` with 1,
+        ``offset_mapping`` with ``(0, 0)``; other keys are left as they are. ``padding``: True or
+        ``'longest'`` pads to the longest sequence, ``'max_length'`` to ``max_length``, False or
+        ``'do_not_pad'`` not at all; ``pad_to_multiple_of`` rounds that length up. Nothing is
+        truncated. ``return_attention_mask=False`` drops the mask (transformers would leave it unpadded).
+        ``return_tensors="np"`` (the default for numpy inputs) gives int32 arrays, ``(batch, length)``
+        for a batch and ``(length,)`` for one encoding.
+        """
+        if (
+            isinstance(encoded_inputs, (list, tuple))
+            and encoded_inputs
+            and isinstance(encoded_inputs[0], Mapping)
+        ):
+            encoded_inputs = {key: [e[key] for e in encoded_inputs] for key in encoded_inputs[0]}
+        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+            raise ValueError("pad needs an encoding, a batch of encodings or a list of them, with input_ids")
+        if padding not in _PADDING:
+            raise ValueError(
+                f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
+            )
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors must be None or 'np', got {return_tensors!r}")
+        for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        strategy = _PADDING[padding]
+        if strategy == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length")
+        if return_tensors is None and any(_is_array(v) for v in encoded_inputs.values()):
+            return_tensors = "np"  # arrays in, arrays out
+        ids = encoded_inputs["input_ids"]
+        if len(ids) == 0:
+            return {**encoded_inputs, **({"attention_mask": []} if return_attention_mask else {})}
+        batched = isinstance(ids[0], (list, tuple)) or _is_array(ids[0])
+        rows = {}
+        for key, value in encoded_inputs.items():  # every key as a batch, the padded keys' rows as lists
+            batch = _as_row(value) if batched else [value]
+            rows[key] = [_as_row(r) for r in batch] if key in _PADDED_KEYS else batch
+        if any(len(value) != len(rows["input_ids"]) for value in rows.values()):
+            raise ValueError("every key of encoded_inputs must hold as many sequences as input_ids")
+        for row in rows["input_ids"]:
+            for i in row:
+                if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+                    raise TypeError(f"input_ids must be ints, got {type(i).__name__}")
+        if return_attention_mask is False:
+            rows.pop("attention_mask", None)
+        elif "attention_mask" not in rows:
+            rows["attention_mask"] = [[1] * len(r) for r in rows["input_ids"]]
+        if strategy is not None:
+            self._pad_rows(rows, _pad_target(rows["input_ids"], strategy, max_length, pad_to_multiple_of))
+        result = _as_arrays(rows) if return_tensors == "np" else rows
+        return result if batched else {key: values[0] for key, values in result.items()}
+
     # --------------------------------------------------------------------------- decoding
 
-    def decode(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text of ``ids``, as transformers 4.x's slow ``AlbertTokenizer.decode``."""
+    def decode(
+        self,
+        ids: int | Iterable[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+    ) -> str:
+        """Text of ``ids``, as transformers 4.x's slow ``AlbertTokenizer.decode``.
+
+        ``clean_up_tokenization_spaces`` removes the spaces BERT-style tokenization leaves before
+        punctuation and contractions (``" ."`` -> ``"."``, ``" n't"`` -> ``"n't"``), as transformers does.
+        """
         if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
             ids = [ids]
         ids = [self._check_id(i) for i in np.asarray(ids).reshape(-1).tolist()]
@@ -711,7 +803,69 @@ class AlbertTokenizer:
                 current.append(token)
                 prev_special = False
         out += self._sp.decode_pieces(current)
-        return out.strip()
+        return _clean_up_tokenization(out.strip()) if clean_up_tokenization_spaces else out.strip()
+
+    def batch_decode(
+        self,
+        sequences: Iterable[Iterable[int]],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+    ) -> list[str]:
+        """:meth:`decode` of each sequence of a batch (a list of id lists, or a 2-D array), as transformers'.
+
+        One flat sequence of ids decodes to a one-element list, as in transformers.
+        """
+        if _is_array(sequences):
+            sequences = np.asarray(sequences).tolist()  # numpy, jax and torch arrays
+        sequences = list(sequences)
+        if sequences and isinstance(sequences[0], (int, np.integer)):
+            sequences = [sequences]
+        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: no space before ``. ? ! ,`` and English contractions."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
+        text = text.replace(old, new)
+    for suffix in ("m", "s", "ve", "re"):
+        text = text.replace(f" '{suffix}", f"'{suffix}")
+    return text
+
+
+def _is_array(value: Any) -> bool:
+    """A numpy, jax or torch array (anything numpy converts), not a list or a scalar."""
+    return hasattr(value, "__array__") and getattr(value, "ndim", 0) > 0
+
+
+def _as_row(value: Any) -> list[Any]:
+    """One sequence of an encoding as a list (arrays become nested lists)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "__array__"):
+        return np.asarray(value).tolist()
+    raise TypeError(f"encodings must hold lists or arrays, got {type(value).__name__}")
+
+
+def _pad_target(rows: list[list[int]], strategy: str, max_length: int | None, multiple: int | None) -> int:
+    """The length to pad to: the longest row or `max_length`, rounded up to a multiple of `multiple`."""
+    target = max((len(r) for r in rows), default=0) if strategy == "longest" else max_length
+    if multiple and target % multiple:
+        target += multiple - target % multiple
+    return target
+
+
+def _as_arrays(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """Padded keys' rows as int32 arrays ``(batch, length)`` (``(batch, length, 2)`` for offset_mapping)."""
+    result = {}
+    for key, values in rows.items():
+        if key not in _PADDED_KEYS:
+            result[key] = np.asarray(values)
+            continue
+        if len({len(r) for r in values}) > 1:
+            raise ValueError("sequences have different lengths; use padding=True to return arrays")
+        shape = (len(values), -1, 2) if key == "offset_mapping" else (len(values), -1)
+        result[key] = np.asarray(values, dtype=np.int32).reshape(shape)
+    return result
 
 
 def _longest_first(len_a: int, len_b: int | None, budget: int) -> tuple[int, int]:

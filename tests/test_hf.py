@@ -15,26 +15,27 @@ import safetensors.numpy
 import torch
 import transformers
 from flax import traverse_util
+from test_modeling import init as random_params  # random values on init's shapes, no compile
 
 from albert_jax import from_pretrained, modeling, save_pretrained
 from albert_jax.config import AlbertConfig
-from albert_jax.hf import load_torch_bin, params_from_hf, params_to_hf
-from test_modeling import init as random_params  # random values on init's shapes, no compile
+from albert_jax.hf import params_from_hf, params_to_hf
+from albert_jax.hf_files import load_torch_bin
 
 ATOL = 1e-4
 # Two groups of two layers and E≠H, so every index in the key table is exercised.
-CONFIG = dict(
-    vocab_size=67,
-    embedding_size=16,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_hidden_groups=2,
-    inner_group_num=2,
-    num_attention_heads=4,
-    intermediate_size=40,
-    max_position_embeddings=24,
-    hidden_act="gelu_new",
-)
+CONFIG = {
+    "vocab_size": 67,
+    "embedding_size": 16,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_hidden_groups": 2,
+    "inner_group_num": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 40,
+    "max_position_embeddings": 24,
+    "hidden_act": "gelu_new",
+}
 HEADS = [
     ("AlbertModel", 2),
     ("AlbertForPreTraining", 2),
@@ -72,7 +73,7 @@ def inputs_for(head: str) -> dict[str, np.ndarray]:
     token_types = np.zeros(shape, np.int64)
     token_types[..., 4:] = 1
     ids = rng.integers(0, CONFIG["vocab_size"], shape)
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=token_types)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": token_types}
 
 
 def flat(params) -> dict[str, np.ndarray]:
@@ -155,7 +156,7 @@ def test_pretraining_checkpoint_into_classifier(tmp_path, caplog):
     hf_random("AlbertForPreTraining").save_pretrained(tmp_path)
     _, pretrain = from_pretrained(tmp_path, "AlbertForPreTraining")
     with caplog.at_level(logging.INFO, logger="albert_jax.hf"):
-        module, params = from_pretrained(
+        _module, params = from_pretrained(
             tmp_path, "AlbertForSequenceClassification", num_labels=3, rng_seed=5
         )
     fresh = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -184,7 +185,7 @@ def test_bare_model_checkpoint_into_head_and_back(tmp_path, caplog):
     hf_random("AlbertForPreTraining").save_pretrained(tmp_path / "pretrain")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="albert_jax.hf"):
-        module, params = from_pretrained(tmp_path / "pretrain", modeling.AlbertModel)
+        _module, params = from_pretrained(tmp_path / "pretrain", modeling.AlbertModel)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert set(params) == {"embeddings", "encoder", "pooler"}
 
@@ -299,17 +300,6 @@ def test_missing_directory_or_weights(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         from_pretrained(tmp_path / "empty")
-
-
-def test_hub_id_when_offline(monkeypatch):
-    import huggingface_hub
-
-    def offline(*args, **kwargs):
-        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot reach the Hub and nothing is cached")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(FileNotFoundError, match="albert-base-v2.*Hugging Face Hub.*LocalEntryNotFoundError"):
-        from_pretrained("albert-base-v2")
 
 
 def test_invalid_config_and_class(tmp_path):

@@ -96,7 +96,7 @@ def test_answers_recoverable_through_offsets_across_windows(tok):
     assert inputs["input_ids"].shape == (len(feats), 64) and inputs["input_ids"].dtype == np.int32
     assert inputs["p_mask"].shape == (len(feats), 64)
     assert inputs["start_positions"].dtype == np.int32 and inputs["is_impossible"].dtype == np.float32
-    context_tokens = {ex.context: tok._encode_with_offsets(ex.context)[0] for ex in examples}
+    context_tokens = {ex.context: tok.encode_with_offsets(ex.context)[0] for ex in examples}
     assert max(len(ids) for ids in context_tokens.values()) > 300  # several hundred tokens
     windows_with_answer = np.zeros(len(examples), int)
     for row in range(len(feats)):
@@ -138,7 +138,7 @@ def test_feature_layout(tok):
     feats = convert_examples_to_features([ex], tok, max_seq_length=48, doc_stride=8, max_query_length=10)
     row = {k: v[0] for k, v in feats.inputs.items()}
     q_len = 10  # truncated to max_query_length
-    ctx = tok._encode_with_offsets(ex.context)[0]
+    ctx = tok.encode_with_offsets(ex.context)[0]
     n = q_len + len(ctx) + 3
     assert row["input_ids"][0] == tok.cls_token_id and row["input_ids"][q_len + 1] == tok.sep_token_id
     assert row["input_ids"][n - 1] == tok.sep_token_id and (row["input_ids"][n:] == tok.pad_token_id).all()
@@ -409,6 +409,48 @@ def test_postprocess_albert_v2_beam(tok):
     assert out.predictions["q"] == ex.answers[0][0]
     task = SquadTask("2.0", qa_head="albert_v2", null_score_diff_threshold=0.25)
     assert task.evaluate("dev", [ex], feats, outputs, None)["exact"] == 100.0
+
+
+def test_postprocess_albert_v2_on_squad_1_1_and_without_a_span(tok):
+    """The v2 head on SQuAD 1.1 (no null odds: the best span whatever cls_logits say), and no valid span."""
+    ex, feats = _one_example_features(tok)
+    row, s, e, _ = next(r for r in _span_rows(feats, ex) if r[3])
+    n = len(feats)
+    start_idx = np.ones((n, 2), np.int32)  # a question token: never an answer
+    start_idx[row, 1] = s
+    outputs = {
+        "start_top_log_probs": np.full((n, 2), -0.5, np.float32),
+        "start_top_index": start_idx,
+        "end_top_log_probs": np.full((n, 2, 3), -0.25, np.float32),
+        "end_top_index": np.full((n, 2, 3), e, np.int32),
+        "cls_logits": np.full(n, 9.0, np.float32),  # a confident "no answer", which v1.1 ignores
+    }
+    out = postprocess_albert_v2([ex], feats.meta, outputs, version_2=False)
+    text, start_char = ex.answers[0]
+    assert out.null_odds is None and out.predictions == {"q": text} == out.best_non_null
+    assert out.spans == {"q": (start_char, start_char + len(text))}
+    assert [entry["text"] for entry in out.nbest["q"]] == [text]  # three beam ends, one span
+    outputs["start_top_index"] = np.ones((n, 2), np.int32)  # no valid span left
+    no_span = [{"text": "", "probability": 1.0, "start_logit": -5e5, "end_logit": -5e5}]
+    for version_2 in (False, True):
+        out = postprocess_albert_v2([ex], feats.meta, outputs, version_2=version_2)
+        assert out.predictions == {"q": ""} == out.best_non_null and out.spans == {}
+        assert out.nbest["q"] == no_span
+    assert out.null_odds == {"q": 9.0}
+
+
+def test_postprocess_default_without_a_span(tok):
+    ex, feats = _one_example_features(tok)
+    start, end = _noise_logits(feats)
+    null = start[:, 0] + end[:, 0]
+    row = int(np.argmin(null))
+    out = postprocess_default([ex], feats.meta, start, end, version_2=False, max_answer_length=0)
+    assert out.predictions == {"q": ""} and out.null_odds is None and out.spans == {}
+    assert out.nbest["q"] == [{"text": "", "probability": 1.0, "start_logit": -5e5, "end_logit": -5e5}]
+    out = postprocess_default([ex], feats.meta, start, end, version_2=True, max_answer_length=0)
+    assert out.predictions == {"q": ""} and out.null_odds["q"] == pytest.approx(float(null[row]) + 1e6)
+    null_entry = {"text": "", "probability": 1.0, "start_logit": start[row, 0], "end_logit": end[row, 0]}
+    assert out.nbest["q"] == [pytest.approx(null_entry)]
 
 
 # --- the ALBERT v2 head ------------------------------------------------------------------------------

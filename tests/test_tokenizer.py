@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_jax.tokenizer import SPECIAL_TOKENS, AlbertTokenizer, main, preprocess_text, train_tokenizer
+from albert_jax.tokenizer import (
+    SPECIAL_TOKENS,
+    AlbertTokenizer,
+    _clean_up_tokenization,
+    main,
+    preprocess_text,
+    train_tokenizer,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
 MODEL = FIXTURES / "spiece.model"
@@ -229,6 +236,146 @@ def test_save_and_load(tmp_path, tok):
     assert clone.encode("Café (1,000) [MASK]") == tok.encode("Café (1,000) [MASK]")
 
 
+# ---------------------------------------------- get_vocab, pad, batch_decode (vs transformers v5)
+
+
+@pytest.fixture(scope="module")
+def hf_tok(tmp_path_factory):
+    """transformers v5's AlbertTokenizer from the same spiece.model."""
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path_factory.mktemp("hf_tokenizer")
+    (directory / "spiece.model").write_bytes(MODEL.read_bytes())
+    return transformers.AlbertTokenizer.from_pretrained(directory)
+
+
+# Texts and pairs encoded by our tokenizer; pad is compared on those ids, whatever transformers makes of the text.
+PAD_TEXTS = [("Hello world", None), ("the river is long and wide.", "a b c"), ("x", "the mountain bridge")]
+PAD_OPTIONS = [
+    {},
+    {"padding": "longest"},
+    {"padding": False},
+    {"padding": "max_length", "max_length": 24},
+    {"padding": True, "pad_to_multiple_of": 8},
+    {"padding": "max_length", "max_length": 17, "pad_to_multiple_of": 5},
+    {"return_attention_mask": True},
+]
+
+
+def _encodings(tok: AlbertTokenizer, with_type_ids: bool) -> list[dict]:
+    out = []
+    for text, pair in PAD_TEXTS:
+        enc = tok(text, pair)
+        enc["special_tokens_mask"] = [int(i in tok.all_special_ids) for i in enc["input_ids"]]
+        if not with_type_ids:
+            del enc["token_type_ids"], enc["attention_mask"]
+        out.append(enc)
+    return out
+
+
+def _assert_same_encoding(ours: dict, theirs) -> None:
+    theirs = dict(theirs)
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        if isinstance(value, np.ndarray):
+            assert isinstance(theirs[key], np.ndarray), key
+            np.testing.assert_array_equal(value, theirs[key], err_msg=key)
+            assert value.shape == theirs[key].shape and value.dtype == np.int32, key
+        else:
+            assert value == theirs[key], key
+
+
+def test_get_vocab_matches_transformers(tok, hf_tok):
+    vocab = tok.get_vocab()
+    assert vocab == hf_tok.get_vocab()
+    assert len(vocab) == tok.vocab_size and vocab["[MASK]"] == tok.mask_token_id
+    assert all(tok.convert_tokens_to_ids(piece) == i for piece, i in vocab.items())
+
+
+@pytest.mark.parametrize("options", PAD_OPTIONS, ids=str)
+@pytest.mark.parametrize("form", ["list_of_dicts", "dict_of_lists", "single", "no_type_ids_or_mask"])
+@pytest.mark.parametrize("return_tensors", [None, "np"])
+def test_pad_matches_transformers(tok, hf_tok, options, form, return_tensors):
+    encodings = _encodings(tok, with_type_ids=form != "no_type_ids_or_mask")
+    if form == "list_of_dicts":
+        inputs = encodings
+    elif form == "single":
+        inputs = encodings[1]
+    else:
+        inputs = {key: [e[key] for e in encodings] for key in encodings[0]}
+    lengths = [len(e["input_ids"]) for e in (encodings[1:2] if form == "single" else encodings)]
+    target = None  # the padded length, or None without padding
+    if options.get("padding", True) is not False:
+        target = options["max_length"] if options.get("padding") == "max_length" else max(lengths)
+        multiple = options.get("pad_to_multiple_of", 1)
+        target = -(-target // multiple) * multiple
+    if return_tensors == "np" and len({max(n, target or 0) for n in lengths}) > 1:
+        # Rows of different lengths: transformers returns object arrays of lists; we refuse.
+        with pytest.raises(ValueError, match="different lengths"):
+            tok.pad(inputs, return_tensors=return_tensors, **options)
+        return
+    ours = tok.pad(inputs, return_tensors=return_tensors, **options)
+    _assert_same_encoding(ours, hf_tok.pad(inputs, return_tensors=return_tensors, **options))
+
+
+def test_pad_round_trips_our_encodings(tok):
+    arrays = tok(["one", "a longer sentence here"], padding=True, return_tensors="np")
+    padded = tok.pad(arrays, padding="max_length", max_length=16)  # numpy in, numpy out
+    assert padded["input_ids"].shape == (2, 16) and padded["input_ids"].dtype == np.int32
+    np.testing.assert_array_equal(padded["input_ids"][:, : arrays["input_ids"].shape[1]], arrays["input_ids"])
+    assert (padded["input_ids"][padded["attention_mask"] == 0] == tok.pad_token_id).all()
+    rows = [tok(t, return_offsets_mapping=True) for t in ("one", "two three")]
+    padded = tok.pad(rows)
+    assert padded["offset_mapping"][0][-1] == (0, 0)
+    assert [len(r) for r in padded["offset_mapping"]] == [len(r) for r in padded["input_ids"]]
+    assert tok.pad(rows, return_tensors="np")["offset_mapping"].shape == (2, len(padded["input_ids"][0]), 2)
+    assert tok.pad(rows, return_attention_mask=False).keys() == {
+        "input_ids",
+        "token_type_ids",
+        "offset_mapping",
+    }
+    with pytest.raises(ValueError, match="input_ids"):
+        tok.pad({"attention_mask": [[1]]})
+    with pytest.raises(ValueError, match="needs max_length"):
+        tok.pad(rows, padding="max_length")
+    with pytest.raises(TypeError, match="ints"):
+        tok.pad({"input_ids": [["a"]]})
+
+
+DECODE_IDS = {
+    "plain": [[2, 16, 301, 93, 297, 3], [2, 9, 24, 91, 42, 851, 62, 131, 11, 3]],
+    "padded": [[2, 10, 20, 30, 3], [2, 40, 3, 0, 0]],
+    "empty_and_bare": [[], [5], [2, 3]],
+    "pair_with_mask": [[2, 16, 4, 297, 3, 14, 305, 3]],
+}
+
+
+@pytest.mark.parametrize("skip_special_tokens", [False, True])
+@pytest.mark.parametrize("clean_up_tokenization_spaces", [False, True])
+@pytest.mark.parametrize("name", sorted(DECODE_IDS) + ["punctuation"])
+def test_batch_decode_matches_transformers(
+    tok, hf_tok, name, skip_special_tokens, clean_up_tokenization_spaces
+):
+    if name == "punctuation":  # spaces before . , ! ? that clean-up removes
+        ids = [tok(t)["input_ids"] for t in ("hello , world .", "how are you ? fine !")]
+    else:
+        ids = DECODE_IDS[name]
+    options = {
+        "skip_special_tokens": skip_special_tokens,
+        "clean_up_tokenization_spaces": clean_up_tokenization_spaces,
+    }
+    ours = tok.batch_decode(ids, **options)
+    assert ours == hf_tok.batch_decode(ids, **options)
+    assert ours == [tok.decode(i, **options) for i in ids]
+    if name == "padded":
+        assert tok.batch_decode(np.array(ids), **options) == ours
+
+
+@pytest.mark.parametrize("text", ["it is n't here .", "i 'm , you 're ; we 've ! they 's ?", "a ' b"])
+def test_clean_up_tokenization_matches_transformers(hf_tok, text):
+    # Contractions: the fixture vocabulary has no apostrophe, so the clean-up is compared on text.
+    assert _clean_up_tokenization(text) == hf_tok.clean_up_tokenization(text)
+
+
 # ----------------------------------------------------------------------------- offsets
 
 
@@ -375,6 +522,7 @@ def test_cli_module_entry_point(tmp_path):
             str(tmp_path / "x"),
         ],
         capture_output=True,
+        check=False,
         text=True,
         timeout=120,
     )

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -294,9 +294,9 @@ def convert_examples_to_features(
     context_cache: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
     t = max_seq_length
     for ex_index, ex in enumerate(examples):
-        q_ids = tokenizer._encode_with_offsets(ex.question)[0][:max_query_length]
+        q_ids = tokenizer.encode_with_offsets(ex.question)[0][:max_query_length]
         if ex.context not in context_cache:
-            context_cache[ex.context] = tokenizer._encode_with_offsets(ex.context)
+            context_cache[ex.context] = tokenizer.encode_with_offsets(ex.context)
         c_ids, c_offsets = context_cache[ex.context]
         max_tokens = max_seq_length - len(q_ids) - 3
         if max_tokens < 1:
@@ -421,10 +421,13 @@ def _softmax(scores: Sequence[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+_Candidate = tuple[float, float, int, int, int]  # (start score, end score, row, start token, end token)
+
+
 def _nbest(
     context: str,
     meta: SquadMeta,
-    candidates: list[tuple[float, float, int, int, int]],
+    candidates: list[_Candidate],
     n_best_size: int,
 ) -> list[dict[str, Any]]:
     """Candidates (start score, end score, row, start, end) → the n best distinct non-empty texts, with
@@ -461,6 +464,49 @@ def _finish(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _with_null(entries: list[dict[str, Any]], null_entry: dict[str, Any], n_best_size: int) -> list[dict]:
+    """The n-best list with the null entry merged in by score, kept even when it would fall off the end."""
+    entries = sorted(entries + [null_entry], key=lambda e: e["start_logit"] + e["end_logit"], reverse=True)
+    if null_entry not in entries[:n_best_size]:
+        entries = entries[: n_best_size - 1] + [null_entry]
+    return entries[:n_best_size]
+
+
+def _postprocess(
+    examples: Sequence[SquadExample],
+    meta: SquadMeta,
+    version_2: bool,
+    n_best_size: int,
+    threshold: float,
+    window_candidates: Callable[[int], Iterable[_Candidate]],
+    null: Callable[[list[int], float], tuple[float, dict[str, Any] | None]],
+) -> SquadPredictions:
+    """The loop both heads share: per example, candidates from every window → n-best → prediction.
+
+    `window_candidates(row)`: the valid spans of one window. `null(rows, best_score)` (v2 only):
+    `(null_odds, null n-best entry or None)` for an example's windows, given its best non-null score
+    (`_NO_SPAN_SCORE` when there is none). v2 predicts "" when null_odds > `threshold`.
+    """
+    preds, nbest_json, null_odds, non_null, spans = {}, {}, {}, {}, {}
+    for ex, rows in zip(examples, _features_by_example(meta, len(examples))):
+        candidates = [c for row in rows for c in window_candidates(row)]
+        entries = _nbest(ex.context, meta, candidates, n_best_size)
+        best = entries[0] if entries else None
+        non_null[ex.qas_id] = best["text"] if best else ""
+        if best:
+            spans[ex.qas_id] = (best["start_char"], best["end_char"])
+        if version_2 and rows:
+            best_score = best["start_logit"] + best["end_logit"] if best else _NO_SPAN_SCORE
+            null_odds[ex.qas_id], null_entry = null(rows, best_score)
+            if null_entry is not None:
+                entries = _with_null(entries, null_entry, n_best_size)
+            preds[ex.qas_id] = "" if best is None or null_odds[ex.qas_id] > threshold else best["text"]
+        else:
+            preds[ex.qas_id] = non_null[ex.qas_id]
+        nbest_json[ex.qas_id] = _finish(entries)
+    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null, spans)
+
+
 def postprocess_default(
     examples: Sequence[SquadExample],
     meta: SquadMeta,
@@ -480,42 +526,26 @@ def postprocess_default(
     null_odds > null_score_diff_threshold.
     """
     start_logits, end_logits = np.asarray(start_logits, np.float32), np.asarray(end_logits, np.float32)
-    preds, nbest_json, null_odds, non_null, spans = {}, {}, {}, {}, {}
-    for ex, rows in zip(examples, _features_by_example(meta, len(examples))):
-        candidates = []
-        null = None  # (score, start logit, end logit) of the window with the min null score
-        for row in rows:
-            s_log, e_log = start_logits[row], end_logits[row]
-            if null is None or s_log[0] + e_log[0] < null[0]:
-                null = (float(s_log[0] + e_log[0]), float(s_log[0]), float(e_log[0]))
-            starts = np.argsort(-s_log, kind="stable")[:n_best_size]
-            ends = np.argsort(-e_log, kind="stable")[:n_best_size]
-            valid = _valid_spans(meta, row, starts[:, None], ends[None, :], max_answer_length)
-            for i, j in zip(*np.nonzero(valid)):
-                s, e = int(starts[i]), int(ends[j])
-                candidates.append((float(s_log[s]), float(e_log[e]), row, s, e))
-        entries = _nbest(ex.context, meta, candidates, n_best_size)
-        best = entries[0] if entries else None
-        best_score = best["start_logit"] + best["end_logit"] if best else _NO_SPAN_SCORE
-        non_null[ex.qas_id] = best["text"] if best else ""
-        if best:
-            spans[ex.qas_id] = (best["start_char"], best["end_char"])
-        if version_2 and null is not None:
-            null_entry = {"text": "", "start_logit": null[1], "end_logit": null[2]}
-            entries = sorted(
-                entries + [null_entry], key=lambda e: e["start_logit"] + e["end_logit"], reverse=True
-            )
-            if null_entry not in entries[:n_best_size]:
-                entries = entries[: n_best_size - 1] + [null_entry]
-            entries = entries[:n_best_size]
-            null_odds[ex.qas_id] = null[0] - best_score
-            preds[ex.qas_id] = (
-                "" if best is None or null_odds[ex.qas_id] > null_score_diff_threshold else best["text"]
-            )
-        else:
-            preds[ex.qas_id] = best["text"] if best else ""
-        nbest_json[ex.qas_id] = _finish(entries)
-    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null, spans)
+
+    def window_candidates(row: int) -> list[_Candidate]:
+        s_log, e_log = start_logits[row], end_logits[row]
+        starts = np.argsort(-s_log, kind="stable")[:n_best_size]
+        ends = np.argsort(-e_log, kind="stable")[:n_best_size]
+        valid = _valid_spans(meta, row, starts[:, None], ends[None, :], max_answer_length)
+        return [
+            (float(s_log[starts[i]]), float(e_log[ends[j]]), row, int(starts[i]), int(ends[j]))
+            for i, j in zip(*np.nonzero(valid))
+        ]
+
+    def null(rows: list[int], best_score: float) -> tuple[float, dict[str, Any]]:
+        row = min(rows, key=lambda r: start_logits[r, 0] + end_logits[r, 0])  # the first minimum
+        s0, e0 = float(start_logits[row, 0]), float(end_logits[row, 0])
+        entry = {"text": "", "start_logit": s0, "end_logit": e0}
+        return float(start_logits[row, 0] + end_logits[row, 0]) - best_score, entry
+
+    return _postprocess(
+        examples, meta, version_2, n_best_size, null_score_diff_threshold, window_candidates, null
+    )
 
 
 def postprocess_albert_v2(
@@ -541,26 +571,18 @@ def postprocess_albert_v2(
     e_lp = np.asarray(outputs["end_top_log_probs"], np.float32)
     e_idx = np.asarray(outputs["end_top_index"])
     cls = np.asarray(outputs["cls_logits"], np.float32)
-    preds, nbest_json, null_odds, non_null, spans = {}, {}, {}, {}, {}
-    for ex, rows in zip(examples, _features_by_example(meta, len(examples))):
-        candidates = []
-        for row in rows:
-            valid = _valid_spans(meta, row, s_idx[row][:, None], e_idx[row], max_answer_length)
-            for i, j in zip(*np.nonzero(valid)):
-                s, e = int(s_idx[row, i]), int(e_idx[row, i, j])
-                candidates.append((float(s_lp[row, i]), float(e_lp[row, i, j]), row, s, e))
-        entries = _nbest(ex.context, meta, candidates, n_best_size)
-        best = entries[0]["text"] if entries else ""
-        non_null[ex.qas_id] = best
-        if entries:
-            spans[ex.qas_id] = (entries[0]["start_char"], entries[0]["end_char"])
-        if version_2 and rows:
-            null_odds[ex.qas_id] = float(cls[rows].min())
-            preds[ex.qas_id] = "" if null_odds[ex.qas_id] > null_score_threshold else best
-        else:
-            preds[ex.qas_id] = best
-        nbest_json[ex.qas_id] = _finish(entries)
-    return SquadPredictions(preds, nbest_json, null_odds if version_2 else None, non_null, spans)
+
+    def window_candidates(row: int) -> list[_Candidate]:
+        valid = _valid_spans(meta, row, s_idx[row][:, None], e_idx[row], max_answer_length)
+        return [
+            (float(s_lp[row, i]), float(e_lp[row, i, j]), row, int(s_idx[row, i]), int(e_idx[row, i, j]))
+            for i, j in zip(*np.nonzero(valid))
+        ]
+
+    def null(rows: list[int], best_score: float) -> tuple[float, None]:
+        return float(cls[rows].min()), None  # no null entry in the n-best list
+
+    return _postprocess(examples, meta, version_2, n_best_size, null_score_threshold, window_candidates, null)
 
 
 # --- official metrics ------------------------------------------------------------------------------

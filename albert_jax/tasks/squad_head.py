@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from albert_jax.config import AlbertConfig
-from albert_jax.modeling import _AlbertWithHead, _classifier_dropout, _dense, _layer_norm
+from albert_jax.modeling import AlbertWithHead, classifier_dropout, dense, layer_norm
 
 Array = jax.Array
 _MASKED = -1e30  # the original's additive mask value
@@ -69,9 +69,9 @@ class _EndLogits(nn.Module):
         x = jnp.concatenate(
             [jnp.broadcast_to(hidden, shape), jnp.broadcast_to(start_hidden, shape)], axis=-1
         )  # '...T(2H)'
-        x = jnp.tanh(_dense(cfg, cfg.hidden_size, ("hidden", None), "dense_0")(x))  # '...T(2H),(2H)H->...TH'
-        x = _layer_norm(cfg, "hidden", "LayerNorm")(x)
-        return _dense(cfg, 1, ("hidden", None), "dense_1")(x)[..., 0].astype(jnp.float32)  # '...TH,H1->...T'
+        x = jnp.tanh(dense(cfg, cfg.hidden_size, ("hidden", None), "dense_0")(x))  # '...T(2H),(2H)H->...TH'
+        x = layer_norm(cfg, "hidden", "LayerNorm")(x)
+        return dense(cfg, 1, ("hidden", None), "dense_1")(x)[..., 0].astype(jnp.float32)  # '...TH,H1->...T'
 
 
 class _AnswerClass(nn.Module):
@@ -84,8 +84,8 @@ class _AnswerClass(nn.Module):
         cfg = self.config
         start_feature = jnp.einsum("BT,BTH->BH", start_probs.astype(hidden.dtype), hidden)
         x = jnp.concatenate([start_feature, hidden[:, 0]], axis=-1)  # 'B(2H)'
-        x = jnp.tanh(_dense(cfg, cfg.hidden_size, ("hidden", None), "dense_0")(x))
-        x = nn.Dropout(_classifier_dropout(cfg))(x, deterministic=deterministic)
+        x = jnp.tanh(dense(cfg, cfg.hidden_size, ("hidden", None), "dense_0")(x))
+        x = nn.Dropout(classifier_dropout(cfg))(x, deterministic=deterministic)
         dense_1 = nn.Dense(
             1,
             use_bias=False,
@@ -99,7 +99,7 @@ class _AnswerClass(nn.Module):
         return dense_1(x)[..., 0].astype(jnp.float32)  # 'BH,H1->B'
 
 
-class AlbertForQuestionAnsweringV2(_AlbertWithHead):
+class AlbertForQuestionAnsweringV2(AlbertWithHead):
     """The original ALBERT SQuAD 2.0 head; extra inputs `p_mask` [B, T] and (training) `start_positions` [B].
 
     With `start_positions` the end logits are teacher-forced on the gold start (training); without, the
@@ -116,7 +116,7 @@ class AlbertForQuestionAnsweringV2(_AlbertWithHead):
         hidden = out.last_hidden_state  # BTH
         if p_mask is not None:
             p_mask = jnp.asarray(p_mask)
-        start_logits = _dense(cfg, 1, ("hidden", None), "start_logits")(hidden)[..., 0]  # 'BTH,H1->BT'
+        start_logits = dense(cfg, 1, ("hidden", None), "start_logits")(hidden)[..., 0]  # 'BTH,H1->BT'
         start_logits = _mask(start_logits, p_mask)
         start_log_probs = jax.nn.log_softmax(start_logits, axis=-1)
         end_module = _EndLogits(cfg, name="end_logits")
