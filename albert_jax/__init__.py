@@ -11,7 +11,8 @@ from albert_jax.modeling import (
     AlbertModel,
     init_params,
 )
-from albert_jax.hf import from_pretrained, save_pretrained
+from albert_jax.hf import save_pretrained
+from albert_jax.pretrained import from_pretrained
 
 # The tokenizer is loaded on first use, so that `python -m albert_jax.tokenizer` does not find its
 # own module already imported by the package (runpy warns about that).

@@ -36,6 +36,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("total_steps", ALLOW, "run length"),
     ("log_every", ALLOW, "cadence"),
     ("checkpoint_every", ALLOW, "cadence"),
+    ("checkpoint_every_minutes", ALLOW, "cadence"),
     ("keep_checkpoints", ALLOW, "cadence"),
     ("async_checkpointing", ALLOW, "cadence"),
     ("eval_every", ALLOW, "evaluation"),
@@ -170,8 +171,8 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
     found: dict[str, Change] = {}
     for saved in workdir_lib.saved_configs(workdir):
         try:
-            old = json.loads(saved.read_text())
-        except (OSError, ValueError) as e:
+            old = workdir_lib.read_json(saved)  # None (with a warning) if a crash left it unparsable
+        except OSError as e:
             if override:
                 log.warning("allow_config_change=true: not comparing with the unreadable %s (%s)", saved, e)
                 continue
@@ -179,6 +180,8 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
                 f"cannot read {saved} to compare the config with ({e}); restore it, use a new WORKDIR, or "
                 "pass --config.allow_config_change=true"
             ) from e
+        if old is None:
+            continue
         for change in changes(old, new):
             found.setdefault(change.key, change)
     refused = [c for c in found.values() if c.action == REFUSE]

@@ -17,7 +17,7 @@ import jax
 from etils import epath
 from flax import traverse_util
 
-from albert_jax import hf, workdir
+from albert_jax import hf, hf_files, hub, workdir
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import HEADS, init_params
@@ -29,26 +29,20 @@ log = logging.getLogger(__name__)
 def load(
     init_from: str, head: str | type[nn.Module], seed: int = 0, **overrides: Any
 ) -> tuple[AlbertConfig, Any, AlbertTokenizer]:
-    """(config, params for `head(config)`, tokenizer) from an HF directory or a run's WORKDIR."""
+    """(config, params for `head(config)`, tokenizer) from a run's WORKDIR (local or gs://, written by
+    any mesh and host count), an HF directory or a Hub id (`albert/albert-base-v2`)."""
     if not init_from:
         raise ValueError(
-            "init_from is empty: give an HF directory or a WORKDIR (or init_from=none on purpose)"
-        )
-    if not epath.Path(init_from).exists():
-        raise FileNotFoundError(
-            f"init_from={init_from!r} does not exist; give an HF directory (config.json + weights + spiece.model) "
-            "or a pretraining WORKDIR"
+            "init_from is empty: give an HF directory, a Hub id or a WORKDIR (or init_from=none on purpose)"
         )
     if workdir.is_run(init_from):
         config, saved_head = workdir.read_model_config(init_from, **overrides)
-        ckpt = Checkpointer(workdir.path(init_from, workdir.CHECKPOINTS), every=1, keep=1, async_save=False)
-        try:
-            if ckpt.latest_step() is None:
-                raise FileNotFoundError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
-            saved = ckpt.restore_params()
-        finally:
-            ckpt.close()
-        log.info("init_from: %s (%s, step %s)", init_from, saved_head, ckpt.latest_step())
+        ckpt = Checkpointer(workdir.path(init_from, workdir.CHECKPOINTS))
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
+        saved = ckpt.restore_params(step)  # host arrays: any topology
+        log.info("init_from: %s (%s, step %s)", init_from, saved_head, step)
         # Through HF's names: the table already knows which tensors each head shares.
         saved = {k: v for k, v in saved.items() if k in ("albert", "predictions", "sop_classifier")}
         state_dict = hf.params_to_hf(config, saved)
@@ -58,26 +52,33 @@ def load(
             f"init_from={init_from!r}: only a run's WORKDIR is read from a URL; copy an HF directory to a local "
             "path (or a gcsfuse mount) first"
         )
-    elif os.path.isfile(os.path.join(init_from, "config.json")):
-        config = AlbertConfig.from_json(os.path.join(init_from, "config.json"), **overrides)
-        state_dict = hf.load_state_dict(init_from)
-        if not os.path.isfile(os.path.join(init_from, "spiece.model")):
-            raise FileNotFoundError(
-                f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)"
-            )
-        tokenizer = AlbertTokenizer.from_pretrained(init_from)
-        log.info("init_from: HF checkpoint %s", init_from)
     else:
-        raise FileNotFoundError(
-            f"init_from={init_from!r} is neither an HF directory (no config.json) nor a run's WORKDIR "
-            "(no model_config.json and checkpoints/)"
-        )
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(
-            f"init_from={init_from!r}: the vocabulary has {tokenizer.vocab_size} pieces but the model's vocab_size "
-            f"is {config.vocab_size}"
-        )
+        directory = hub.local_dir(init_from)  # a local HF directory, or a Hub id (one line when offline)
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(
+                f"init_from={init_from!r} is neither an HF directory (no config.json) nor a run's WORKDIR "
+                "(no model_config.json and checkpoints/)"
+            )
+        if not (directory / "spiece.model").is_file():
+            raise FileNotFoundError(f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)")
+        config = AlbertConfig.from_json(directory / "config.json", **overrides)
+        state_dict = hf_files.load_state_dict(directory)
+        tokenizer = AlbertTokenizer.from_pretrained(directory)
+        log.info("init_from: HF checkpoint %s", init_from)
+    tokenizer.check_vocab_size(config.vocab_size, f"init_from={init_from!r}")
     return config, params_for(config, head, state_dict, seed), tokenizer
+
+
+def from_pretrained(
+    path: str | os.PathLike, cls: type[nn.Module] | str = "AlbertModel", **config_overrides: Any
+) -> tuple[nn.Module, Any]:
+    """`(module, params)` of `cls` from an HF directory or Hub id (`hf.from_pretrained`), or from a run's
+    WORKDIR (its latest checkpoint, whatever mesh and host count wrote it), e.g. in a notebook."""
+    if not workdir.is_run(path):
+        return hf.from_pretrained(path, cls, **config_overrides)
+    module_cls = HEADS[cls] if isinstance(cls, str) else cls
+    config, params, _ = load(os.fspath(path), module_cls, **config_overrides)
+    return module_cls(config), params
 
 
 def params_for(config: AlbertConfig, head: str | type[nn.Module], state_dict: dict, seed: int = 0) -> Any:

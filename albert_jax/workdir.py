@@ -20,14 +20,21 @@ which reads and writes `gs://` through gcsfs, and orbax writes the arrays throug
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import tempfile
+from typing import Any
 
 import ml_collections
 from etils import epath
 
+from albert_jax import storage
 from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.tokenizer import AlbertTokenizer
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
@@ -74,6 +81,82 @@ def is_run(directory: PathLike) -> bool:
     return path(directory, MODEL_CONFIG).is_file() and path(directory, CHECKPOINTS).is_dir()
 
 
+# --- run files that survive a crash ------------------------------------------------------------------
+
+
+def write_file(target: PathLike, data: str | bytes) -> None:
+    """Replace a run file whole, so that a crash leaves the old or the new contents, never part of
+    them: a temporary file renamed over it on a filesystem, one object write (atomic) on an object
+    store. Transient storage errors are retried."""
+    target = epath.Path(target)
+    payload = data.encode() if isinstance(data, str) else data
+
+    def write() -> None:
+        if is_url(target):
+            target.write_bytes(payload)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=os.fspath(target.parent))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
+    storage.retry(write, f"writing {target}")
+
+
+def read_text(source: PathLike) -> str:
+    """A run file's text (transient storage errors retried)."""
+    return storage.retry(lambda: epath.Path(source).read_text(), f"reading {source}")
+
+
+def read_json(source: PathLike, default: Any = None) -> Any:
+    """A JSON run file; `default` if it does not exist. One that a crash left unparsable (written by
+    a version without `write_file`) gives a warning naming it and `default`: the run rewrites it."""
+    source = epath.Path(source)
+    if not storage.retry(source.exists, f"reading {source}"):
+        return default
+    try:
+        return json.loads(read_text(source))
+    except json.JSONDecodeError as e:
+        log.warning("%s is not valid JSON (%s; cut short by a crash?): ignoring it", source, e)
+        return default
+
+
+def read_jsonl(source: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines run file (`metrics.jsonl`); [] if it does not exist. Lines a crash
+    cut short (the last one, mid-append) are dropped with one warning naming the file and the lines."""
+    source = epath.Path(source)
+    if not storage.retry(source.exists, f"reading {source}"):
+        return []
+    records, torn = [], []
+    for number, line in enumerate(read_text(source).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn.append(number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn.append(number)
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (%s), cut short by a crash", source, len(torn), _lines(torn))
+    return records
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:5]))
+    return f"line {shown}" + (" …" if len(numbers) > 5 else "")
+
+
 def write_run_files(
     workdir: PathLike,
     config: ml_collections.ConfigDict,
@@ -83,13 +166,17 @@ def write_run_files(
 ) -> None:
     """The resolved config, the model's config.json (with its head class) and the vocabulary."""
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    path(workdir, CONFIG).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_file(path(workdir, CONFIG), config.to_json_best_effort(indent=2, sort_keys=True))
     hf = model_config.to_hf_dict()
     hf["architectures"] = [head]
     for name in JAX_ONLY_FIELDS:  # kept for reruns
         hf[f"albert_jax_{name}"] = getattr(model_config, name)
-    path(workdir, MODEL_CONFIG).write_text(json.dumps(hf, indent=2, sort_keys=True))
-    tokenizer.save_pretrained(workdir)
+    write_file(path(workdir, MODEL_CONFIG), json.dumps(hf, indent=2, sort_keys=True))
+    with tempfile.TemporaryDirectory() as staged:  # the vocabulary's files, each replaced whole
+        tokenizer.save_pretrained(staged)
+        for name in sorted(os.listdir(staged)):
+            with open(os.path.join(staged, name), "rb") as f:
+                write_file(path(workdir, name), f.read())
 
 
 def tokenizer(workdir: PathLike) -> AlbertTokenizer:
@@ -98,7 +185,7 @@ def tokenizer(workdir: PathLike) -> AlbertTokenizer:
 
 def read_model_config(workdir: PathLike, **overrides) -> tuple[AlbertConfig, str]:
     """(AlbertConfig, head class name) of a run."""
-    d = json.loads(path(workdir, MODEL_CONFIG).read_text())
+    d = json.loads(read_text(path(workdir, MODEL_CONFIG)))
     jax_side = {k[len("albert_jax_") :]: v for k, v in d.items() if k.startswith("albert_jax_")}
     head = (d.get("architectures") or ["AlbertForPreTraining"])[0]
     return AlbertConfig.from_hf_dict(d, **{**jax_side, **overrides}), head

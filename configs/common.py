@@ -99,6 +99,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.log_every = 50
     c.eval_every = 500  # and at the end; the best evaluation's checkpoint is kept in WORKDIR/best
     c.checkpoint_every = 500
+    c.checkpoint_every_minutes = 0.0  # also save every N minutes of wall time (0: off), agreed by all hosts
     c.keep_checkpoints = 2
     c.async_checkpointing = True  # write in the background; false: the step waits (no second state copy)
     c.progress_bar = True  # tqdm in a terminal; a plain line every log_every steps when stderr is a file

@@ -98,6 +98,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.eval_steps = s["eval_steps"]
     c.eval_batch_size = s["eval_batch_size"]
     c.checkpoint_every = s["checkpoint_every"]
+    c.checkpoint_every_minutes = 0.0  # also save every N minutes of wall time (0: off), agreed by all hosts
     c.keep_checkpoints = 3
     # Saves write in the background while training goes on; that holds a second copy of the state
     # (host memory on CPU) during the write. false: each save finishes before the next step.

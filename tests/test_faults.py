@@ -106,6 +106,85 @@ def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(reference, tmp
             assert got[step][key] == ref[step][key], (step, key)
 
 
+def test_fallback_through_the_cli_is_one_warning_and_no_traceback(reference, tmp_path):
+    """What a user sees when the latest checkpoint is damaged: one warning line for it, nothing else."""
+    workdir = _copy(reference, tmp_path)
+    _damage(os.path.join(workdir, "checkpoints", "12"), "truncated arrays")
+    proc = subprocess.run(
+        cli_args(workdir, reference[0], **RUN), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "is unusable" in line]
+    assert len(warnings) == 1 and "checkpoint 12 " in warnings[0] and "resuming from step 8" in warnings[0]
+
+
+class _Flaky:
+    """Makes the first `failures` restores raise a storage error as tensorstore reports a 503."""
+
+    def __init__(self, real, failures: int):
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ValueError(
+                'UNAVAILABLE: Error reading "checkpoints/12/state/manifest.ocdbt": HTTP response code: 503 '
+                "with body: Service Unavailable"
+            )
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    from albert_jax import storage
+
+    monkeypatch.setattr(storage, "POLICY", storage.RetryPolicy(attempts=4, initial_s=0.01, max_s=0.02))
+
+
+def test_transient_storage_errors_are_retried_and_set_nothing_aside(reference, tmp_path, fast_retries, monkeypatch):
+    workdir = _copy(reference, tmp_path)
+    flaky = _Flaky(Checkpointer.restore, failures=3)
+    monkeypatch.setattr(Checkpointer, "restore", lambda self, *a, **k: flaky(self, *a, **k))
+    pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+    assert flaky.calls == 4  # three 503s, then the restore of step 12
+    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith("bad-")]
+    assert sorted(_losses(workdir)) == list(range(1, 15))
+
+
+@tensorstore_noise
+def test_storage_errors_that_persist_stop_with_one_line_and_set_nothing_aside(reference, tmp_path, fast_retries, monkeypatch):
+    workdir = _copy(reference, tmp_path)
+    checkpoints, metrics = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "metrics.jsonl")
+    before = _snapshot(checkpoints), open(metrics).read()
+    flaky = _Flaky(Checkpointer.restore, failures=100)
+    monkeypatch.setattr(Checkpointer, "restore", lambda self, *a, **k: flaky(self, *a, **k))
+    with pytest.raises(CheckpointError) as err:
+        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+    message = cli.one_line(err.value)
+    assert "checkpoint 12" in message and "storage error" in message and "nothing was set aside" in message
+    assert "move them away" not in message  # never a suggestion to throw good checkpoints away
+    assert flaky.calls == 4
+    assert (_snapshot(checkpoints), open(metrics).read()) == before
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.json"])
+def test_a_run_file_torn_by_a_crash_is_dropped_with_a_warning_and_the_run_resumes(reference, tmp_path, caplog, name):
+    workdir = _copy(reference, tmp_path)
+    path = os.path.join(workdir, name)
+    text = open(path).read()
+    torn = text + '{"step": 13, "loss": 5.1, "mlm_lo' if name == "metrics.jsonl" else text[: len(text) // 2]
+    with open(path, "w") as f:
+        f.write(torn)
+    with caplog.at_level(logging.WARNING):
+        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+    assert any(name in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), caplog.text
+    assert sorted(_losses(workdir)) == list(range(1, 15))
+    ref = _losses(reference[1])
+    assert all(_losses(workdir)[s]["loss"] == ref[s]["loss"] for s in ref)
+    json.load(open(os.path.join(workdir, "config.json")))  # rewritten whole
+
+
 @tensorstore_noise
 def test_no_checkpoint_restores_is_one_line_and_starts_nothing(reference, tmp_path):
     workdir = _copy(reference, tmp_path)

@@ -126,11 +126,7 @@ def load_model(
         fields = {k: v for k, v in config.model.to_dict().items()}
         model_config = AlbertConfig(**{**fields, **overrides})
         tokenizer = AlbertTokenizer.from_pretrained(config.tokenizer)
-        if tokenizer.vocab_size != model_config.vocab_size:
-            raise ValueError(
-                f"the vocabulary {config.tokenizer} has {tokenizer.vocab_size} pieces but model.vocab_size is "
-                f"{model_config.vocab_size}"
-            )
+        tokenizer.check_vocab_size(model_config.vocab_size, f"tokenizer={config.tokenizer!r}")
         log.warning("init_from=none: every parameter starts fresh (no pretrained encoder)")
         return model_config, None, tokenizer
     if not config.init_from:
@@ -197,7 +193,7 @@ class Evaluator:
     def __init__(self, setup: FinetuneSetup, predict, workdir: str):
         self.setup, self.predict, self.workdir = setup, predict, workdir
         self.best_path = workdir_lib.path(workdir, "best.json")
-        self.best = json.loads(self.best_path.read_text()) if self.best_path.exists() else None
+        self.best = workdir_lib.read_json(self.best_path)
         self.last: dict[str, Any] | None = None
         self.warnings: dict[str, str] = {}
 
@@ -236,7 +232,7 @@ class Evaluator:
                 self.setup.task.evaluate(
                     split.name, split.examples, split.features, outputs[split.name], out_dir
                 )
-            self.best_path.write_text(json.dumps(self.best, indent=2))
+            workdir_lib.write_file(self.best_path, json.dumps(self.best, indent=2))
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -420,7 +416,7 @@ def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, state_shard
 
 
 def _write_json(workdir: str, name: str, value: Any) -> None:
-    workdir_lib.path(workdir, name).write_text(json.dumps(value, indent=2, sort_keys=True))
+    workdir_lib.write_file(workdir_lib.path(workdir, name), json.dumps(value, indent=2, sort_keys=True))
 
 
 def _print_summary(task: Task, summary: dict[str, Any]) -> None:

@@ -196,12 +196,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
         tokenizer = loaded_tokenizer
     else:
         tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir)
-    if tokenizer.vocab_size != model_config.vocab_size:
-        raise ValueError(
-            f"the vocabulary {tokenizer.model_file} has {tokenizer.vocab_size} pieces but model.vocab_size is "
-            f"{model_config.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size} or use a matching "
-            "spiece.model"
-        )
+    tokenizer.check_vocab_size(model_config.vocab_size, "data.tokenizer")
     corpus = TokenizedCorpus.build(spec, tokenizer, cache_dir)
     return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
 
@@ -252,7 +247,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, flo
             workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer
         )
         data = {"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}
-        workdir_lib.path(workdir, workdir_lib.DATA).write_text(json.dumps(data, indent=2))
+        workdir_lib.write_file(workdir_lib.path(workdir, workdir_lib.DATA), json.dumps(data, indent=2))
     state, state_sharding = trainer.create_train_state(
         lambda rng: init_params(model, rng, config.seq_len),
         model.apply,
@@ -331,7 +326,8 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
         seed=config.seed,
     )
     totals: dict[str, float] = {}
-    targets, replaced_targets = [], []
+    vocab = setup.model_config.vocab_size
+    counts = np.zeros((2, vocab), np.int64)  # this process's masked targets: all, and at replaced pieces
     for i, local in enumerate(ds):
         if i >= config.eval_steps:
             break
@@ -339,15 +335,15 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + float(v)
         ids, used = local["masked_lm_ids"], local["masked_lm_weights"] > 0
-        targets.append(ids[used])
-        replaced_targets.append(ids[used & replaced_pieces(local)])
+        counts[0] += np.bincount(ids[used], minlength=vocab)
+        counts[1] += np.bincount(ids[used & replaced_pieces(local)], minlength=vocab)
     if not totals:
         return {}
+    if jax.process_count() > 1:  # each process saw only its rows of every batch: count over all of them
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
     out = {k: float(v) for k, v in _summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
-    majorities = {"mlm_majority_accuracy": targets, "mlm_replaced_majority_accuracy": replaced_targets}
-    for key, found in majorities.items():
-        counts = np.bincount(np.concatenate(found))
-        out[key] = float(counts.max() / counts.sum()) if counts.sum() else 0.0
+    for key, found in zip(("mlm_majority_accuracy", "mlm_replaced_majority_accuracy"), counts):
+        out[key] = float(found.max() / found.sum()) if found.sum() else 0.0
     return out
 
 

@@ -9,7 +9,7 @@
   them before WORKDIR is written. Claiming also turns on the persistent compilation cache.
 - `fit`: resume from the newest checkpoint that restores (damaged ones are set aside), step, read
   metrics one step late, stop on a non-finite streak, save before fetching the next batch, evaluate
-  every `eval_every`, handle SIGTERM.
+  every `eval_every`, stop where every host agrees (preemption.py).
 - `predict`: one output row per example, the last partial batch padded and masked.
 
 A task brings a loss, a head and an evaluator; it never copies the loop.
@@ -23,9 +23,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -47,6 +45,7 @@ from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.data import finetuning as finetuning_data
+from albert_jax.training import preemption
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
@@ -355,7 +354,7 @@ class MetricsSink:
                     f.write(line)
             else:
                 self._lines.append(line)
-                self.path.write_text("".join(self._lines))
+                workdir_lib.write_file(self.path, "".join(self._lines))
         except OSError as e:
             raise OSError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
         for k, v in record.items():
@@ -373,36 +372,15 @@ def _to_py(v: Any) -> Any:
 
 
 def _truncate_jsonl(path: epath.Path, resume_step: int) -> list[str]:
-    """Drop records past the resumed step: a killed run logged steps that the resumed run redoes.
-    Returns the lines kept."""
-    if not path.exists():
+    """Keep the records up to the resumed step (a killed run logged steps that the resumed run redoes),
+    dropping lines a crash cut short; the file is replaced whole if anything goes. Returns the lines kept."""
+    records = workdir_lib.read_jsonl(path)
+    if not records and not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-    if len(keep) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+    keep = [json.dumps(r) + "\n" for r in records if r.get("step", 0) <= resume_step]
+    if "".join(keep) != workdir_lib.read_text(path):
+        workdir_lib.write_file(path, "".join(keep))
     return keep
-
-
-class Preemption:
-    """Turns SIGTERM (and SIGINT) into a flag the loop polls, so it can save and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        del frame
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def format_progress(step: int, total: int, loss: float, tokens_per_sec: float, eta_seconds: float) -> str:
@@ -502,12 +480,13 @@ def fit(
     """Train `state` to `config.total_steps`, resuming from WORKDIR/checkpoints.
 
     Uses the config keys every run has: total_steps, log_every, eval_every, checkpoint_every,
-    keep_checkpoints, async_checkpointing, max_consecutive_nonfinite, progress_bar. `train_iter` is a
-    checkpointable grain iterator of process-local batches; `make_batch` turns one into global device
-    arrays. `evaluate` (state, step) -> metrics runs every `eval_every` steps and once at the end, unless
-    the last step was just evaluated; its metrics go to metrics.jsonl as they are named. With
-    `progress_bar`, process 0 shows tqdm's bar when stderr is a terminal, else a `format_progress` line
-    every `log_every` steps.
+    checkpoint_every_minutes, keep_checkpoints, async_checkpointing, max_consecutive_nonfinite,
+    progress_bar. `train_iter` is a checkpointable grain iterator of process-local batches;
+    `make_batch` turns one into global device arrays. `evaluate` (state, step) -> metrics runs every
+    `eval_every` steps and once at the end, unless the last step was just evaluated; its metrics go to
+    metrics.jsonl as they are named. A stop signal on any host ends the loop at a step every host
+    agrees on (`preemption.StepAgreement`), saved there. With `progress_bar`, process 0 shows tqdm's
+    bar when stderr is a terminal, else a `format_progress` line every `log_every` steps.
     """
     ckpt = Checkpointer(
         workdir_lib.path(workdir, workdir_lib.CHECKPOINTS),
@@ -517,9 +496,9 @@ def fit(
         cleanup_tmp=True,
     )
     sink: MetricsSink | None = None
-    preempt: Preemption | None = None
+    agreement = preemption.StepAgreement(config.get("checkpoint_every_minutes", 0.0))
     last_eval: dict[str, float] = {}
-    ok = False
+    stopped = ok = False
     try:
         restored = ckpt.restore_latest(abstract_like(state), train_iter)
         if restored is not None:
@@ -527,7 +506,6 @@ def fit(
             log.info("resumed from step %d", int(state.step))
         start = int(state.step)
         sink = MetricsSink(workdir, resume_step=start)
-        preempt = Preemption()
         evaluated_at = None
         step = start
         batch = make_batch(next(train_iter)) if start < config.total_steps else None
@@ -544,27 +522,30 @@ def fit(
             step += 1
             throughput.tick(int(np.prod(batch["input_ids"].shape)))
             # The host reads step t-1's metrics only once step t is dispatched: the device never waits.
+            # This read also bounds how far hosts drift apart, which the agreement relies on.
             if pending is not None:
                 streak = _report(pending, sink, progress, config)
             pending = (step, metrics, throughput, flops)
-            # During a non-finite streak, keep the older checkpoints rather than rotating them out. Save
-            # before fetching the next batch: the iterator state must be the one after `step` batches.
-            if streak == 0 and ckpt.save(step, state, train_iter):
+            decision = agreement.poll(step)
+            # The iterator has yielded exactly `step` batches here: every save records that position.
+            # During a non-finite streak, keep the older checkpoints rather than rotating them out.
+            force = decision.save or (decision.stop and last_saved != step)
+            if (streak == 0 or decision.stop) and ckpt.save(step, state, train_iter, force=force):
                 last_saved = step
-            batch = make_batch(next(train_iter)) if step < config.total_steps else None
+                agreement.saved()
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 last_eval, evaluated_at = evaluate(state, step), step
                 sink.write(step, last_eval)
-            if preempt.requested:
-                log.warning("preemption signal: saving step %d and exiting", step)
-                if last_saved != step:
-                    ckpt.save(step, state, train_iter, force=True)
+            if decision.stop:
+                log.warning("stop requested (%s): saved step %d on every process, exiting", agreement.reason, step)
+                stopped = True
                 break
+            batch = make_batch(next(train_iter)) if step < config.total_steps else None
             progress.update()
         if pending is not None:
             _report(pending, sink, progress, config)
         progress.close()
-        if not preempt.requested:
+        if not stopped:
             if last_saved != step:
                 ckpt.save(step, state, train_iter, force=True)
             if evaluate is not None and evaluated_at != step:
@@ -575,9 +556,8 @@ def fit(
         if sink is not None:
             sink.close()
         ckpt.close(raise_errors=ok)  # a failing run reports its own error; a failed save is only logged
-        if preempt is not None:
-            preempt.restore()
-    return FitResult(state, step, preempt.requested, {} if preempt.requested else last_eval)
+        agreement.close()
+    return FitResult(state, step, stopped, {} if stopped else last_eval)
 
 
 def _report(pending, sink: MetricsSink, progress: Progress, config) -> int:
