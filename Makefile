@@ -6,7 +6,7 @@ WORKDIR ?= runs/tiny
 # Config overrides for `make pretrain`, e.g. ARGS="--config.total_steps=1000".
 ARGS ?=
 
-.PHONY: test pretrain install install-test clean
+.PHONY: test lint pretrain install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,19 @@ install-test: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
+# The lint rules and the format are pyproject.toml's [tool.ruff]; ruff is pinned in the test extra.
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Pretrain, draw the curves, and say what comes next (export, then fine-tune from the run).
 pretrain: $(VENV)/.installed
 	$(PY) pretrain.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR) $(ARGS)
+	$(PY) -m albert_jax.plot $(WORKDIR) --out $(WORKDIR)/curves.png
+	@echo "next: export it as a Hugging Face directory:"
+	@echo "  $(PY) -m albert_jax.export $(WORKDIR) $(WORKDIR)-hf"
+	@echo "or fine-tune from it (RTE; data_dir holds GLUE's RTE/ TSVs, or leave it out to use the Hub):"
+	@echo "  $(PY) train.py --config=configs/glue.py:task=rte --workdir=$(WORKDIR)-rte --config.init_from=$(WORKDIR) --config.data_dir=GLUE_DIR"
 
 clean:
 	rm -rf $(VENV) runs

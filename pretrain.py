@@ -18,7 +18,9 @@ def main(argv):
     del argv
     from albert_jax.training import pretrain
 
-    return cli.run_guarded(lambda: pretrain.run(_CONFIG.value, _WORKDIR.value))
+    return cli.run_guarded(
+        lambda: pretrain.run(_CONFIG.value, _WORKDIR.value, defaults=cli.config_defaults())
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ def main(argv):
     del argv
     from albert_jax.training import finetune
 
-    return cli.run_guarded(lambda: finetune.run(_CONFIG.value, _WORKDIR.value))
+    return cli.run_guarded(
+        lambda: finetune.run(_CONFIG.value, _WORKDIR.value, defaults=cli.config_defaults())
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """albert_jax: ALBERT (A Lite BERT) in JAX/Flax. Public names are re-exported here; nothing is defined."""
 
 from albert_jax.config import AlbertConfig
+from albert_jax.hf import save_pretrained
 from albert_jax.modeling import (
     AlbertForMaskedLM,
     AlbertForMultipleChoice,
@@ -11,7 +12,6 @@ from albert_jax.modeling import (
     AlbertModel,
     init_params,
 )
-from albert_jax.hf import save_pretrained
 from albert_jax.pretrained import from_pretrained
 
 # The tokenizer is loaded on first use, so that `python -m albert_jax.tokenizer` does not find its

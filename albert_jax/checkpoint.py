@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from albert_jax import storage
+from albert_jax import errors, storage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ WRITE_CONCURRENT_GB = 1
 _OK, _DAMAGED, _UNREADABLE = 0, 1, 2  # a restore's outcome on one process, ordered by precedence
 
 
-class CheckpointError(OSError):
+class CheckpointError(errors.StorageError):
     """A checkpoint could not be saved, or no checkpoint in the directory restores."""
 
 
@@ -100,12 +100,18 @@ def _position_text(directory: epath.Path) -> str:
     saved = sorted(directory.glob("process_*-of-*.json"))
     counts = {int(p.stem.rsplit("-of-", 1)[1]) for p in saved}
     if len(counts) != 1 or len(saved) != next(iter(counts)):
-        raise FileNotFoundError(f"{directory} has no complete set of data positions ({[p.name for p in saved]})")
+        raise errors.MissingError(
+            f"{directory} has no complete set of data positions ({[p.name for p in saved]})"
+        )
     texts = [p.read_text() for p in saved]
     states = [json.loads(t) for t in texts]
     if all(s == states[0] for s in states):
         if index == 0:
-            log.info("the checkpoint was written by %d processes, resuming on %d: same data position", len(saved), count)
+            log.info(
+                "the checkpoint was written by %d processes, resuming on %d: same data position",
+                len(saved),
+                count,
+            )
         return texts[0]
     if index == 0:
         log.warning(
@@ -159,7 +165,9 @@ class Checkpointer:
         # runs in a background thread, which would race the listing here (a step directory half
         # deleted). Restores go through the handlers themselves: orbax's Checkpointer ends a restore in a barrier
         # that a process whose restore failed never reaches. Processes agree afterwards (`_agree`).
-        self._reader = ocp.CompositeCheckpointHandler(state=ocp.PyTreeCheckpointHandler(), data=_DataPosition())
+        self._reader = ocp.CompositeCheckpointHandler(
+            state=ocp.PyTreeCheckpointHandler(), data=_DataPosition()
+        )
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -168,7 +176,9 @@ class Checkpointer:
                 self.directory,
                 options=self._options,
                 item_names=("state", "data"),
-                item_handlers={"state": ocp.StandardCheckpointHandler(save_concurrent_gb=WRITE_CONCURRENT_GB)},
+                item_handlers={
+                    "state": ocp.StandardCheckpointHandler(save_concurrent_gb=WRITE_CONCURRENT_GB)
+                },
             )
         return self._manager
 
@@ -185,7 +195,9 @@ class Checkpointer:
         return storage.retry(listing, f"listing {self.directory}")
 
     def is_complete(self, step: int) -> bool:
-        return storage.retry(lambda: (self.directory / str(step) / COMMIT_MARKER).exists(), "checking a checkpoint")
+        return storage.retry(
+            lambda: (self.directory / str(step) / COMMIT_MARKER).exists(), "checking a checkpoint"
+        )
 
     def all_steps(self) -> list[int]:
         """The complete checkpoints' steps, oldest first."""
@@ -262,7 +274,11 @@ class Checkpointer:
     def restore(self, abstract_state: Any, data_iterator: Any | None = None, step: int | None = None) -> Any:
         """Restores `state` into the shapes/shardings of `abstract_state` (and the iterator in place)."""
         step = self.latest_step() if step is None else step
-        items = {"state": ocp.args.PyTreeRestore(abstract_state, ocp.checkpoint_utils.construct_restore_args(abstract_state))}
+        items = {
+            "state": ocp.args.PyTreeRestore(
+                abstract_state, ocp.checkpoint_utils.construct_restore_args(abstract_state)
+            )
+        }
         if data_iterator is not None:
             items["data"] = _DataRestore(data_iterator)
         return self._reader.restore(self.directory / str(step), args=ocp.args.Composite(**items))["state"]
@@ -282,7 +298,11 @@ class Checkpointer:
                 log.info("checkpoint %d in %s is an unfinished save; orbax removes it", step, self.directory)
                 continue
             if not self.is_complete(step):
-                outcome, why, state = _DAMAGED, f"incomplete (no {COMMIT_MARKER}: its save never finished)", None
+                outcome, why, state = (
+                    _DAMAGED,
+                    f"incomplete (no {COMMIT_MARKER}: its save never finished)",
+                    None,
+                )
             else:
                 outcome, why, state = self._try_restore(abstract_state, data_iterator, step)
             outcome, why = _agree(outcome, why)
@@ -335,11 +355,13 @@ class Checkpointer:
             )
             if jax.process_index() != 0:
                 continue
-            if self._on_object_store:  # no object is copied: the marker goes, so orbax no longer counts the step
+            if (
+                self._on_object_store
+            ):  # no object is copied: the marker goes, so orbax no longer counts the step
                 body = {"step": step, "reason": why, "time": time.time()}
-                storage.retry(lambda: record.write_text(json.dumps(body)), f"writing {record}")
+                storage.retry(lambda r=record, b=body: r.write_text(json.dumps(b)), f"writing {record}")
                 marker = self.directory / str(step) / COMMIT_MARKER
-                storage.retry(lambda: marker.unlink(missing_ok=True), f"removing {marker}")
+                storage.retry(lambda m=marker: m.unlink(missing_ok=True), f"removing {marker}")
             else:
                 (self.directory / str(step)).rename(target)
         if bad and jax.process_count() > 1:
@@ -352,17 +374,19 @@ class Checkpointer:
         `init_from` and evaluation of a finished run."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise errors.MissingError(f"no checkpoint in {self.directory}")
         directory = self.directory / str(step)
         metadata = storage.retry(
             lambda: ocp.PyTreeCheckpointHandler().metadata(directory / "state").tree, f"reading {directory}"
         )
         if "params" not in metadata:
-            raise ValueError(f"the checkpoint {directory} holds no params (it has {sorted(metadata)})")
+            raise errors.InputError(f"the checkpoint {directory} holds no params (it has {sorted(metadata)})")
         want = {"params": metadata["params"]}
         args = ocp.args.PyTreeRestore(want, _restore_args(want), partial_restore=True)
         composite = ocp.args.Composite(state=args)
-        restored = storage.retry(lambda: self._reader.restore(directory, args=composite), f"reading {directory}")
+        restored = storage.retry(
+            lambda: self._reader.restore(directory, args=composite), f"reading {directory}"
+        )
         return restored["state"]["params"]
 
 
@@ -374,7 +398,10 @@ def _agree(outcome: int, why: str) -> tuple[int, str]:
     worst = int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
     if worst == outcome:
         return outcome, why
-    return worst, {_DAMAGED: "it failed to restore on another process", _UNREADABLE: "a storage error on another process"}[worst]
+    return worst, {
+        _DAMAGED: "it failed to restore on another process",
+        _UNREADABLE: "a storage error on another process",
+    }[worst]
 
 
 def _free_name(directory: epath.Path, name: str) -> epath.Path:

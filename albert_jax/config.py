@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from albert_jax import errors
+
 # Activations HF's ACT2FN knows for ALBERT checkpoints (see modeling.ACTIVATIONS).
 SUPPORTED_ACTIVATIONS = (
     "gelu",
@@ -67,6 +69,8 @@ class AlbertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     num_labels: int = 2
+    # The classes' names, written as config.json's id2label/label2id (HF's `LABEL_<i>` when empty).
+    label_names: tuple[str, ...] = ()
     # JAX-side settings (not part of HF's config.json).
     dtype: str = "float32"  # activations / compute
     param_dtype: str = "float32"
@@ -75,7 +79,7 @@ class AlbertConfig:
     attention_impl: str = "auto"
 
     def __post_init__(self):
-        errors = []
+        problems = []
 
         def brief(value: Any) -> str:  # values may come from a hostile config.json
             if isinstance(value, int) and value.bit_length() > 64:
@@ -86,24 +90,28 @@ class AlbertConfig:
         for name, limit in _MAX_FIELD.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(f"{name} must be a positive integer, got {brief(value)}")
+                problems.append(f"{name} must be a positive integer, got {brief(value)}")
             elif value > limit:
-                errors.append(f"{name} is {brief(value)}, above the sanity limit {limit}")
-        if not errors:
+                problems.append(f"{name} is {brief(value)}, above the sanity limit {limit}")
+        if not isinstance(self.label_names, tuple) or not all(isinstance(n, str) for n in self.label_names):
+            problems.append(f"label_names must be a tuple of str, got {brief(self.label_names)}")
+        elif self.label_names and len(self.label_names) != self.num_labels:
+            problems.append(f"{len(self.label_names)} label_names for num_labels={brief(self.num_labels)}")
+        if not problems:
             if self.hidden_size % self.num_attention_heads:
-                errors.append(
+                problems.append(
                     f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                     f"({self.num_attention_heads})"
                 )
             if self.num_hidden_layers % self.num_hidden_groups:
-                errors.append(
+                problems.append(
                     f"num_hidden_layers ({self.num_hidden_layers}) is not divisible by num_hidden_groups "
                     f"({self.num_hidden_groups})"
                 )
             if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
-                errors.append(f"pad_token_id must be an integer, got {brief(self.pad_token_id)}")
+                problems.append(f"pad_token_id must be an integer, got {brief(self.pad_token_id)}")
             elif not 0 <= self.pad_token_id < self.vocab_size:
-                errors.append(
+                problems.append(
                     f"pad_token_id ({self.pad_token_id}) is outside the vocabulary (size {self.vocab_size})"
                 )
             # The weight matrices, to within a few vectors: embeddings, the shared groups, pooler, heads.
@@ -112,7 +120,7 @@ class AlbertConfig:
             tables = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * e
             count = tables + e * h + layers + h * (h + e + self.num_labels)
             if count > _MAX_PARAMETERS:
-                errors.append(
+                problems.append(
                     f"the model would have about {count:.2e} parameters, above the sanity limit "
                     f"{_MAX_PARAMETERS:.2e}"
                 )
@@ -121,28 +129,28 @@ class AlbertConfig:
             if value is None and name == "classifier_dropout_prob":
                 continue
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-                errors.append(f"{name} must be a number in [0, 1), got {brief(value)}")
+                problems.append(f"{name} must be a number in [0, 1), got {brief(value)}")
         for name in ("initializer_range", "layer_norm_eps"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < math.inf:
-                errors.append(f"{name} must be a non-negative finite number, got {brief(value)}")
+                problems.append(f"{name} must be a non-negative finite number, got {brief(value)}")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            errors.append(
+            problems.append(
                 f"hidden_act {brief(self.hidden_act)} is not one of {', '.join(SUPPORTED_ACTIVATIONS)}"
             )
         for name in ("dtype", "param_dtype"):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in _DTYPES:
-                errors.append(f"{name} {brief(getattr(self, name))} is not one of {', '.join(_DTYPES)}")
+                problems.append(f"{name} {brief(getattr(self, name))} is not one of {', '.join(_DTYPES)}")
         if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
-            errors.append(
+            problems.append(
                 f"remat_policy {brief(self.remat_policy)} is not one of {', '.join(REMAT_POLICIES)}"
             )
         if not isinstance(self.attention_impl, str) or self.attention_impl not in ATTENTION_IMPLS:
-            errors.append(
+            problems.append(
                 f"attention_impl {brief(self.attention_impl)} is not one of {', '.join(ATTENTION_IMPLS)}"
             )
-        if errors:
-            raise ValueError("invalid AlbertConfig: " + "; ".join(errors))
+        if problems:
+            raise errors.ConfigError("invalid AlbertConfig: " + "; ".join(problems))
 
     @property
     def head_dim(self) -> int:
@@ -159,7 +167,7 @@ class AlbertConfig:
     def replace(self, **changes: Any) -> "AlbertConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown AlbertConfig field(s): {', '.join(sorted(unknown))}")
+            raise errors.InputError(f"unknown AlbertConfig field(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
     # --- presets --------------------------------------------------------------------------------
@@ -176,7 +184,7 @@ class AlbertConfig:
         size, _, version = name.partition("-")
         version = version or "v2"
         if size not in PRESETS or version not in ("v1", "v2"):
-            raise ValueError(
+            raise errors.InputError(
                 f"unknown ALBERT preset {name!r}; choose one of {', '.join(f'{s}[-v1|-v2]' for s in PRESETS)}"
             )
         values = dict(PRESETS[size])
@@ -200,27 +208,38 @@ class AlbertConfig:
             eos_token_id=3,
             position_embedding_type="absolute",
         )
-        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
-        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
-        del d["num_labels"]  # HF derives it from id2label
+        names = self.label_names or tuple(f"LABEL_{i}" for i in range(self.num_labels))
+        d["id2label"] = {str(i): name for i, name in enumerate(names)}
+        d["label2id"] = {name: i for i, name in enumerate(names)}
+        del d["num_labels"], d["label_names"]  # HF derives the count from id2label
         return d
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides: Any) -> "AlbertConfig":
         if not isinstance(d, dict):
-            raise ValueError(f"an HF config must be a JSON object, got a {type(d).__name__}")
+            raise errors.InputError(f"an HF config must be a JSON object, got a {type(d).__name__}")
         model_type = d.get("model_type", "albert")
         if model_type != "albert":
             shown = (
                 repr(model_type) if isinstance(model_type, str) and len(model_type) <= 40 else "non-ALBERT"
             )
-            raise ValueError(f"config.json describes a {shown} model, not an ALBERT model")
+            raise errors.InputError(f"config.json describes a {shown} model, not an ALBERT model")
         names = {f.name for f in dataclasses.fields(cls)} - set(JAX_ONLY_FIELDS)
         values = {k: v for k, v in d.items() if k in names}
-        if "num_labels" not in d and "id2label" in d:
-            if not isinstance(d["id2label"], dict):
-                raise ValueError(f"id2label must be a JSON object, got a {type(d['id2label']).__name__}")
-            values["num_labels"] = len(d["id2label"])
+        values.pop("label_names", None)
+        if "id2label" in d:
+            id2label = d["id2label"]
+            if not isinstance(id2label, dict):
+                raise errors.InputError(f"id2label must be a JSON object, got a {type(id2label).__name__}")
+            if "num_labels" not in d:
+                values["num_labels"] = len(id2label)
+            names = tuple(id2label.get(str(i)) for i in range(len(id2label)))
+            if all(isinstance(n, str) for n in names) and names != tuple(
+                f"LABEL_{i}" for i in range(len(names))
+            ):
+                values["label_names"] = names
+        if overrides.get("num_labels", values.get("num_labels")) != len(values.get("label_names", ())):
+            values.pop("label_names", None)  # a new head: its classes are not the checkpoint's
         return cls(**{**values, **overrides})
 
     def save_json(self, path: str | os.PathLike) -> None:
@@ -233,28 +252,30 @@ class AlbertConfig:
         try:
             size = os.path.getsize(path)
             if size > _MAX_JSON_BYTES:
-                raise ValueError(f"{path} is {size} bytes, too large for a config.json")
+                raise errors.InputError(f"{path} is {size} bytes, too large for a config.json")
             with open(path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            raise FileNotFoundError(f"no config.json at {path}") from None
+            raise errors.MissingError(f"no config.json at {path}") from None
         try:
             d = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            raise ValueError(f"{path} is not UTF-8 text") from None
+            raise errors.InputError(f"{path} is not UTF-8 text") from None
         except RecursionError:
-            raise ValueError(f"{path} nests too deeply to be a config.json") from None
+            raise errors.InputError(f"{path} nests too deeply to be a config.json") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise errors.InputError(f"{path} is not valid JSON: {e}") from None
         except ValueError as e:  # e.g. an integer with more digits than int() accepts
-            raise ValueError(f"{path} is not a usable config.json: {str(e).splitlines()[0][:200]}") from None
+            raise errors.InputError(
+                f"{path} is not a usable config.json: {str(e).splitlines()[0][:200]}"
+            ) from None
         if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object, not a {type(d).__name__}")
+            raise errors.InputError(f"{path} must hold a JSON object, not a {type(d).__name__}")
         try:
             return cls.from_hf_dict(d, **overrides)
         except ValueError as e:
             with_overrides = f" (with overrides {', '.join(sorted(overrides))})" if overrides else ""
-            raise ValueError(f"{path}{with_overrides}: {e}") from None
+            raise errors.InputError(f"{path}{with_overrides}: {e}") from None
 
 
 # Settings of how the model runs, not what it computes: not in HF's config.json, and a run keeps its own

@@ -1,14 +1,19 @@
 """What may change when a run resumes: the new config against the one saved in WORKDIR.
 
-Every config key (dotted, e.g. `model.hidden_size`) is classified by the first matching pattern of
-`RULES`:
+Keys are classified by group, with explicit exceptions (`RULES`, first matching pattern wins): a
+key no exception names is part of what the checkpoint means (the model, the data, the optimizer,
+the seed) and refused, so a new key needs a rule only when changing it mid-run is harmless.
 
 - `ALLOW`: changes nothing the checkpoint depends on (length of the run, cadences, evaluation,
   display); resumes quietly.
 - `WARN`: resumes, with a warning that says what the change costs.
-- `REFUSE`: the checkpoint does not mean the same under the new value (model shape, vocabulary,
-  data, optimizer, seed); the run stops with one line listing each such key as old → new.
-  `allow_config_change=true` resumes anyway, and says so in the log.
+- `REFUSE`: the checkpoint does not mean the same under the new value; the run stops with one line
+  listing each such key as old → new. `allow_config_change=true` resumes anyway, and says so.
+
+A key missing from an old WORKDIR's config.json was written before the key existed, so that run used
+that version's behaviour, which a new key's default keeps: it is no change when today's value is
+today's default (`defaults`, the config file without overrides), and a change from "(absent)"
+otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from albert_jax import errors
 from albert_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -29,17 +35,35 @@ ALLOW, WARN, REFUSE = "allow", "warn", "refuse"
 
 _SAME_ORDER = "the data order is kept (results agree up to float rounding)"
 
-# (key pattern, action, what it is / what the change costs). First match wins; "*" is the fallback,
-# so a key nobody classified is refused. Pretraining and fine-tuning keys share this one table.
+_CADENCE = "how long and how often; the checkpoint does not depend on it"
+_PREPARED = (
+    "the prepared corpus was checked against the source and the vocabulary; the data is the same "
+    "unless the corpus files changed between its preparation and this run's token cache"
+)
+_SKIPPED = (
+    "the saved data position counts batches, so from here examples are skipped or repeated and the run "
+    "no longer matches an uninterrupted one"
+)
+
+# (key pattern, action, what it is / what the change costs). First match wins.
 RULES: tuple[tuple[str, str, str], ...] = (
-    # how long, how often, what is shown
-    ("total_steps", ALLOW, "run length"),
-    ("log_every", ALLOW, "cadence"),
-    ("checkpoint_every", ALLOW, "cadence"),
-    ("checkpoint_every_minutes", ALLOW, "cadence"),
-    ("keep_checkpoints", ALLOW, "cadence"),
-    ("async_checkpointing", ALLOW, "cadence"),
-    ("eval_every", ALLOW, "evaluation"),
+    # Exceptions inside the model and data groups.
+    ("model.remat_policy", ALLOW, "recomputation only"),
+    ("model.attention_impl", ALLOW, "the same attention through another kernel"),
+    ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
+    ("data.prepared", WARN, _PREPARED),
+    ("data.worker_count", REFUSE, "the saved data position's format depends on it"),
+    # Groups.
+    ("model.*", REFUSE, "model shape"),
+    ("data.*", REFUSE, "data"),
+    ("mesh.*", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
+    ("logical_axis_rules", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
+    # Top-level exceptions: run length, cadences, evaluation, display, where things are kept.
+    ("total_steps", ALLOW, _CADENCE),
+    ("*_every", ALLOW, _CADENCE),
+    ("*_every_minutes", ALLOW, _CADENCE),
+    ("keep_checkpoints", ALLOW, _CADENCE),
+    ("async_checkpointing", ALLOW, _CADENCE),
     ("eval_steps", ALLOW, "evaluation"),
     ("eval_batch_size", ALLOW, "evaluation"),
     ("n_best_size", ALLOW, "evaluation"),  # SQuAD answer extraction
@@ -50,57 +74,10 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("allow_config_change", ALLOW, "this override"),
     ("compilation_cache_dir", ALLOW, "where compiled programs are kept"),
     ("num_seeds", ALLOW, "more or fewer seed runs; each seed_<k> resumes on its own"),
-    ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
-    ("model.remat_policy", ALLOW, "recomputation only"),
-    ("model.attention_impl", ALLOW, "the same attention through another kernel"),
-    # resumable, at a cost
-    (
-        "batch_size",
-        WARN,
-        "the saved data position counts batches, so from here examples are skipped or repeated and the run "
-        "no longer matches an uninterrupted one",
-    ),
+    ("batch_size", WARN, _SKIPPED),
     ("grad_accum_steps", WARN, f"the same batches, summed in micro-batches: {_SAME_ORDER}"),
-    (
-        "data.prepared",
-        WARN,
-        (
-            "the prepared corpus was checked against the source and the vocabulary; the data is the same "
-            "unless the corpus files changed between its preparation and this run's token cache"
-        ),
-    ),
-    ("mesh.*", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
-    ("logical_axis_rules", WARN, f"the state is resharded on restore; {_SAME_ORDER}"),
-    # the checkpoint would not mean the same
-    ("model.*", REFUSE, "model shape"),
-    ("preset", REFUSE, "model shape"),
-    ("size", REFUSE, "model shape"),
-    ("init_from", REFUSE, "starting parameters and vocabulary"),
-    ("tokenizer", REFUSE, "vocabulary"),
-    ("data.tokenizer", REFUSE, "vocabulary"),
-    ("data.worker_count", REFUSE, "the saved data position's format depends on it"),
-    ("data.*", REFUSE, "data"),
-    ("task", REFUSE, "data"),
-    ("data_dir", REFUSE, "data"),
-    ("train_file", REFUSE, "data"),
-    ("predict_file", REFUSE, "data"),
-    ("version", REFUSE, "data"),
-    ("seq_len", REFUSE, "data"),
-    ("max_seq_length", REFUSE, "data"),
-    ("length_buckets", REFUSE, "data"),
-    ("doc_stride", REFUSE, "data"),
-    ("max_query_length", REFUSE, "data"),
-    ("max_qa_length", REFUSE, "data"),
-    ("seed", REFUSE, "data order, dropout and initialisation"),
-    ("optimizer", REFUSE, "optimizer"),
-    ("learning_rate", REFUSE, "optimizer"),
-    ("warmup_steps", REFUSE, "optimizer"),
-    ("weight_decay", REFUSE, "optimizer"),
-    ("clip_norm", REFUSE, "optimizer"),
-    ("dropout", REFUSE, "model"),
-    ("classifier_dropout", REFUSE, "model"),
-    ("qa_head", REFUSE, "model shape"),
-    ("*", REFUSE, "unclassified"),
+    # Everything else defines what the run trains: task and data, optimizer, seed, model settings.
+    ("*", REFUSE, "what the checkpoint was trained on or with (task, data, optimizer, seed or model)"),
 )
 
 
@@ -143,24 +120,44 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
-    """Every key whose value differs between two plain configs, classified."""
+def changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[Change]:
+    """Every key whose value differs between two plain configs, classified. A key absent from `old`
+    is no change when `new` holds today's default for it (`defaults`); with no `defaults` known (a
+    library call), it is assumed to be, with a warning."""
     a, b = flatten(old), flatten(new)
+    d = flatten(defaults) if defaults is not None else None
     out = []
     for key in sorted(a.keys() | b.keys()):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va is _ABSENT and vb is not _ABSENT:
+            if d is None:
+                out.append(
+                    Change(
+                        key,
+                        va,
+                        vb,
+                        WARN,
+                        "WORKDIR's config predates this key; assuming its run used this value",
+                    )
+                )
+                continue
+            if key in d and d[key] == vb:
+                continue  # that version ran with the behaviour today's default keeps
         if va != vb:
             _, action, why = rule(key)
             out.append(Change(key, va, vb, action, why))
     return out
 
 
-class ConfigDriftError(ValueError):
+class ConfigDriftError(errors.ConfigError):
     """A resume whose config changed in a way the checkpoint cannot follow."""
 
 
-def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
-    """Compares `config` with the config.json of each run in WORKDIR; returns the changes.
+def check(
+    config: ml_collections.ConfigDict, workdir: str, defaults: ml_collections.ConfigDict | None = None
+) -> list[Change]:
+    """Compares `config` with the config.json of each run in WORKDIR; returns the changes. `defaults`:
+    the config file's values without overrides (`cli.config_defaults()`), for keys old runs lack.
 
     Raises `ConfigDriftError` (one line, every refused key as old → new) unless
     `config.allow_config_change`; logs the warnings and the override. Reads only: call it before
@@ -168,6 +165,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
     """
     override = bool(config.get("allow_config_change", False))
     new = as_plain(config)
+    plain_defaults = as_plain(defaults) if defaults is not None else None
     found: dict[str, Change] = {}
     for saved in workdir_lib.saved_configs(workdir):
         try:
@@ -182,7 +180,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> list[Change]:
             ) from e
         if old is None:
             continue
-        for change in changes(old, new):
+        for change in changes(old, new, plain_defaults):
             found.setdefault(change.key, change)
     refused = [c for c in found.values() if c.action == REFUSE]
     if refused and not override:

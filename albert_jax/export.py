@@ -5,7 +5,7 @@
 The class is the run's own head (`AlbertForPreTraining` for pretraining, e.g.
 `AlbertForSequenceClassification` for GLUE). transformers' `<Class>.from_pretrained(OUT)` and
 `albert_jax.from_pretrained(OUT, cls)` both load the result. `--best` exports a fine-tuning run's
-best evaluated checkpoint.
+best evaluated checkpoint. WORKDIR and OUT may be local paths or gs:// URLs; id2label names the task's classes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from albert_jax import cli, errors
 from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.hf import save_pretrained
@@ -24,17 +25,21 @@ def export(workdir: str, out: str, step: int | None = None, best: bool = False) 
     """Writes a run's latest (or `step`, or its best fine-tuning) checkpoint as an HF directory of the
     run's own head class; returns `out`."""
     if not workdir_lib.is_run(workdir):
-        raise FileNotFoundError(f"{workdir} is not a run's WORKDIR (no model_config.json and checkpoints/)")
+        raise errors.MissingError(f"{workdir} is not a run's WORKDIR (no model_config.json and checkpoints/)")
     config, head = workdir_lib.read_model_config(workdir)
     if head not in HEADS:
-        raise ValueError(f"{workdir} trained a {head} head, which has no Hugging Face class to export to")
+        raise errors.InputError(
+            f"{workdir} trained a {head} head, which has no Hugging Face class to export to"
+        )
     directory = workdir_lib.path(workdir, workdir_lib.BEST if best else workdir_lib.CHECKPOINTS)
     ckpt = Checkpointer(directory, every=1, keep=1, async_save=False)
     try:
         if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
+            raise errors.MissingError(f"no checkpoint in {directory}")
         if step is not None and step not in ckpt.all_steps():
-            raise ValueError(f"no checkpoint for step {step} in {directory}; available: {ckpt.all_steps()}")
+            raise errors.InputError(
+                f"no checkpoint for step {step} in {directory}; available: {ckpt.all_steps()}"
+            )
         params = ckpt.restore_params(step)
     finally:
         ckpt.close()
@@ -51,14 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--best", action="store_true", help="the best evaluated checkpoint of a fine-tuning run"
     )
-    args = parser.parse_args(argv)
-    try:
-        export(args.workdir, args.out, args.step, args.best)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    return cli.argparse_main(
+        parser, lambda args: print(f"wrote {export(args.workdir, args.out, args.step, args.best)}"), argv
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -22,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
+from etils import epath
 from flax import traverse_util
 
-from albert_jax import hub
+from albert_jax import errors, hub
 from albert_jax.config import AlbertConfig
 from albert_jax.hf_files import load_state_dict, to_numpy
 from albert_jax.modeling import HEADS, AlbertModel, init_params
@@ -128,10 +128,10 @@ def _expand(config: AlbertConfig) -> dict[str, tuple[str, Transform]]:
 def _head_cls(cls: type[nn.Module] | str) -> type[nn.Module]:
     if isinstance(cls, str):
         if cls not in HEADS:
-            raise ValueError(f"unknown ALBERT class {cls!r}; choose one of {', '.join(HEADS)}")
+            raise errors.ConfigError(f"unknown ALBERT class {cls!r}; choose one of {', '.join(HEADS)}")
         return HEADS[cls]
     if cls not in HEADS.values():
-        raise ValueError(f"{cls!r} is not an ALBERT model class; choose one of {', '.join(HEADS)}")
+        raise errors.ConfigError(f"{cls!r} is not an ALBERT model class; choose one of {', '.join(HEADS)}")
     return cls
 
 
@@ -189,7 +189,7 @@ def params_from_hf(
         params[path] = jnp.asarray(transform.to_ours(x, abstract.shape), dtype=abstract.dtype)
         used.add(hf_key)
     if mismatched:
-        raise ValueError(
+        raise errors.ConfigError(
             f"shape mismatch loading {module_cls.__name__} (check config.json and the overrides): "
             + "; ".join(mismatched)
         )
@@ -200,7 +200,7 @@ def params_from_hf(
     ]
     if required:
         shown = ", ".join(sorted(required)[:6]) + (", …" if len(required) > 6 else "")
-        raise ValueError(
+        raise errors.ConfigError(
             f"the checkpoint lacks {len(required)} encoder tensor(s) that {module_cls.__name__} needs: "
             + shown
         )
@@ -271,14 +271,13 @@ def from_pretrained(
 
 
 def save_pretrained(path: str | os.PathLike, module: nn.Module, params: Params) -> None:
-    """Write config.json and model.safetensors, which `transformers.<Class>.from_pretrained` loads cleanly."""
-    directory = Path(path)
+    """Write config.json and model.safetensors (local or gs://), which
+    `transformers.<Class>.from_pretrained` loads cleanly."""
+    directory = epath.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     config_dict = module.config.to_hf_dict()
     config_dict["architectures"] = [type(module).__name__]
     config_dict["dtype"] = module.config.param_dtype
-    with open(directory / "config.json", "w") as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True)
-    safetensors.numpy.save_file(
-        params_to_hf(module, params), str(directory / "model.safetensors"), metadata={"format": "pt"}
-    )
+    tensors = safetensors.numpy.save(params_to_hf(module, params), metadata={"format": "pt"})
+    (directory / "model.safetensors").write_bytes(tensors)
+    (directory / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))

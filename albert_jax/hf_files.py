@@ -34,6 +34,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from albert_jax import errors
+
 
 def to_numpy(x: Any) -> np.ndarray:
     """A torch tensor (read without importing torch; bfloat16 kept) or an array-like -> numpy array."""
@@ -70,7 +72,7 @@ _TORCH_STORAGES = {
 }
 
 
-class _Refused(ValueError):
+class _Refused(errors.InputError):
     """A file failed a check; the message is complete (one line, names the file)."""
 
 
@@ -481,6 +483,6 @@ def load_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         index = directory / f"{name}.index.json"
         if index.is_file():
             return {k: v for shard in _index_shards(index) for k, v in load(directory / shard).items()}
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"no weights in {directory}: looked for model.safetensors, pytorch_model.bin and their .index.json"
     )

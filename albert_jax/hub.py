@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from albert_jax import errors
+
 # What a checkpoint needs: the model's config and weights (any format hf_files reads) and the tokenizer.
 HUB_PATTERNS = (
     "config.json",
@@ -45,9 +47,9 @@ def local_dir(path_or_id: str | os.PathLike) -> Path:
         return local
     name = os.fspath(path_or_id)
     if local.exists():
-        raise FileNotFoundError(f"{name} is a file, not a directory or a Hugging Face Hub id")
+        raise errors.MissingError(f"{name} is a file, not a directory or a Hugging Face Hub id")
     if not _HUB_ID.match(name):
-        raise FileNotFoundError(f"no such directory: {name}")
+        raise errors.MissingError(f"no such directory: {name}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import LocalEntryNotFoundError
 
@@ -58,8 +60,8 @@ def local_dir(path_or_id: str | os.PathLike) -> Path:
         prefix = f"{name} is not a local directory and could not be fetched from the Hugging Face Hub"
         hint = f"download it first with `hf download {name} --local-dir DIR` and pass DIR"
         if offline:
-            raise FileNotFoundError(f"{prefix} (offline: HF_HUB_OFFLINE=1); {hint}") from None
+            raise errors.MissingError(f"{prefix} (offline: HF_HUB_OFFLINE=1); {hint}") from None
         if isinstance(e, LocalEntryNotFoundError):  # the Hub was unreachable and nothing is cached
             reason = f"no network and not in the cache, HF_HUB_OFFLINE is not set; {_reason(e)}"
-            raise FileNotFoundError(f"{prefix} ({reason}); {hint}") from None
-        raise FileNotFoundError(f"{prefix} ({_reason(e)})") from None
+            raise errors.MissingError(f"{prefix} ({reason}); {hint}") from None
+        raise errors.MissingError(f"{prefix} ({_reason(e)})") from None

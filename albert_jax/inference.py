@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from albert_jax import errors
 from albert_jax.data.finetuning import bucket_for, default_buckets
 from albert_jax.modeling import (
     AlbertForMaskedLM,
@@ -83,7 +84,7 @@ def _label_names(num_labels: int, labels: Sequence[str] | None, default: Sequenc
     if not names:
         return [f"LABEL_{i}" for i in range(num_labels)]
     if len(names) != num_labels:
-        raise ValueError(f"{len(names)} label names {names} for a head with num_labels={num_labels}")
+        raise errors.ConfigError(f"{len(names)} label names {names} for a head with num_labels={num_labels}")
     return names
 
 
@@ -103,7 +104,7 @@ def fill_mask(
     max_length = module.config.max_position_embeddings
     enc = tokenizer(text, max_length=max_length, padding="max_length", return_tensors="np")
     if enc["input_ids"].shape[1] > max_length:
-        raise ValueError(
+        raise errors.ConfigError(
             f"the text is {enc['input_ids'].shape[1]} tokens long; the model has {max_length} positions"
         )
     positions = np.flatnonzero(enc["input_ids"][0] == tokenizer.mask_token_id)
@@ -132,7 +133,8 @@ def classify(
 
     Inputs: one text, or a list of texts and/or (text, text_pair) tuples, truncated longest-first to
     `max_seq_length` (default: the model's positions). Label names: `labels`, else those of the GLUE
-    `task` (e.g. "mnli": contradiction, entailment, neutral), else LABEL_i.
+    `task` (e.g. "mnli": contradiction, entailment, neutral), else the checkpoint's own
+    (`config.label_names`, from its id2label), else LABEL_i.
     """
     _check_head(module, (AlbertForSequenceClassification,), "classify")
     items = [texts_or_pairs] if isinstance(texts_or_pairs, str) else list(texts_or_pairs)
@@ -140,8 +142,8 @@ def classify(
         return []
     num_labels = module.config.num_labels
     if num_labels == 1 and labels is not None:
-        raise ValueError("a regression head (num_labels=1) returns scores; it takes no label names")
-    task_labels = None
+        raise errors.ConfigError("a regression head (num_labels=1) returns scores; it takes no label names")
+    task_labels = module.config.label_names or None
     if task is not None:
         from albert_jax.tasks.glue import get_spec
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from albert_jax import errors
 from albert_jax.config import AlbertConfig
 
 Array = jax.Array
@@ -41,44 +42,43 @@ _REMAT_POLICIES = {
 # --- outputs (HF field names) --------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class AlbertModelOutput:
+@flax.struct.dataclass(kw_only=True)
+class ModelOutput:
+    """What every model's output carries besides its own fields: each layer's hidden states and
+    attention weights, when asked for (`output_hidden_states`, `output_attentions`)."""
+
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass(kw_only=True)
+class AlbertModelOutput(ModelOutput):
     last_hidden_state: Array
     pooler_output: Array | None = None
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class AlbertForPreTrainingOutput:
+@flax.struct.dataclass(kw_only=True)
+class AlbertForPreTrainingOutput(ModelOutput):
     prediction_logits: Array
     sop_logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class MaskedLMOutput:
+@flax.struct.dataclass(kw_only=True)
+class MaskedLMOutput(ModelOutput):
     logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class ClassifierOutput:
+@flax.struct.dataclass(kw_only=True)
+class ClassifierOutput(ModelOutput):
     """Sequence, token and multiple-choice classification: `logits` [B, labels], [B, T, labels], [B, C]."""
 
     logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class QuestionAnsweringOutput:
+@flax.struct.dataclass(kw_only=True)
+class QuestionAnsweringOutput(ModelOutput):
     start_logits: Array
     end_logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
 # --- building blocks -----------------------------------------------------------------------------
@@ -351,11 +351,11 @@ def check_inputs(
     shape = np.shape(input_ids)
     if len(shape) != rank:
         layout = "[batch, seq]" if rank == 2 else "[batch, num_choices, seq]"
-        raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
+        raise errors.InputError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
         raise TypeError(f"input_ids must be integers, got dtype {jnp.result_type(input_ids)}")
     if shape[-1] > config.max_position_embeddings:
-        raise ValueError(
+        raise errors.InputError(
             f"sequence length {shape[-1]} exceeds max_position_embeddings ({config.max_position_embeddings})"
         )
     limits = {
@@ -377,14 +377,14 @@ def check_inputs(
             and arr_shape[0] == 1
             and arr_shape[1:] == shape[1:]
         ):
-            raise ValueError(f"{name} has shape {arr_shape}, but input_ids has shape {shape}")
+            raise errors.InputError(f"{name} has shape {arr_shape}, but input_ids has shape {shape}")
     for name, (array, limit, field) in limits.items():
         if array is None or isinstance(array, jax.core.Tracer) or np.size(array) == 0:
             continue
         array = np.asarray(array)  # on the host: jnp reductions inside a jit trace would be staged out
         lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi >= limit:
-            raise ValueError(f"{name} must be in [0, {limit}) ({field}), got values in [{lo}, {hi}]")
+            raise errors.InputError(f"{name} must be in [0, {limit}) ({field}), got values in [{lo}, {hi}]")
 
 
 class AlbertModel(nn.Module):
@@ -577,7 +577,7 @@ class AlbertForQuestionAnswering(AlbertWithHead):
 
     def head(self, albert, out, deterministic, shape):
         if self.config.num_labels != 2:
-            raise ValueError(
+            raise errors.InputError(
                 f"AlbertForQuestionAnswering needs num_labels=2 (start, end), got {self.config.num_labels}"
             )
         logits = dense(self.config, 2, ("hidden", None), "qa_outputs")(out.last_hidden_state).astype(

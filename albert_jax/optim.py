@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from albert_jax import errors
+
 __all__ = [
     "OPTIMIZERS",
     "ScaleByAlbertAdamState",
@@ -64,9 +66,9 @@ def learning_rate_schedule(
     Step 0 therefore has lr 0 (the first update only fills the moments).
     """
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+        raise errors.ConfigError(f"total_steps must be positive, got {total_steps}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise errors.ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     # Evaluated on the unshifted step (not optax.join_schedules, which would
     # restart the decay at the warmup boundary).
     decay = optax.polynomial_schedule(
@@ -176,6 +178,8 @@ def lamb(
     mask: MaskOrFn = decay_mask,
     bias_correction: bool = False,
     mu_dtype: Any | None = None,
+    *,
+    trust_ratio: bool = True,
 ) -> optax.GradientTransformation:
     """ALBERT's LAMB (no gradient clipping inside).
 
@@ -183,40 +187,25 @@ def lamb(
     ``u *= ||w|| / ||u||`` where ``mask`` (1 if either norm is 0);
     ``w -= lr * u``. ``mask`` is a bool pytree, a function of params, or
     ``None`` (decay and adapt every leaf). ``bias_correction=True`` swaps in
-    ``optax.scale_by_adam`` (the LAMB paper's variant).
+    ``optax.scale_by_adam`` (the LAMB paper's variant); ``trust_ratio=False``
+    is ALBERT's AdamW (`adamw`).
     """
     if bias_correction:
         moments = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
     else:
         # ALBERT skips Adam bias correction.
         moments = scale_by_albert_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
-    trust_ratio = optax.scale_by_trust_ratio()
-    if mask is not None:
-        trust_ratio = optax.masked(trust_ratio, mask)
-    return optax.chain(
-        moments,
-        optax.add_decayed_weights(weight_decay, mask),
-        trust_ratio,
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    steps = [moments, optax.add_decayed_weights(weight_decay, mask)]
+    if trust_ratio:
+        ratio = optax.scale_by_trust_ratio()
+        steps.append(ratio if mask is None else optax.masked(ratio, mask))
+    return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))
 
 
-def adamw(
-    learning_rate: float | optax.Schedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    mask: MaskOrFn = decay_mask,
-    mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+def adamw(learning_rate: float | optax.Schedule, **kwargs: Any) -> optax.GradientTransformation:
     """ALBERT's AdamW: ``w -= lr * (m / (sqrt(v) + eps) + wd * w)`` with uncorrected moments; ``mask``
-    selects the decayed leaves (LayerNorm and biases excluded by default)."""
-    return optax.chain(
-        scale_by_albert_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    selects the decayed leaves (LayerNorm and biases excluded by default). `lamb`'s other keywords."""
+    return lamb(learning_rate, trust_ratio=False, **kwargs)
 
 
 def make_optimizer(
@@ -225,25 +214,21 @@ def make_optimizer(
     *,
     total_steps: int,
     warmup_steps: int,
-    weight_decay: float = 0.01,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
     clip_norm: float | None = 1.0,
     end_lr: float = 0.0,
-    mu_dtype: Any | None = None,
+    **hyperparameters: Any,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Build ``clip_by_global_norm -> lamb|adamw`` with ALBERT's schedule.
 
-    ``learning_rate`` is the peak rate; the schedule counts optimizer steps.
+    ``learning_rate`` is the peak rate; the schedule counts optimizer steps. ``hyperparameters`` go
+    to `lamb`/`adamw` (``weight_decay``, ``b1``, ``b2``, ``eps``, ``mu_dtype``, with ALBERT's defaults).
     Returns ``(transformation, schedule)``.
     """
     key = name.lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        raise errors.ConfigError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
     schedule = learning_rate_schedule(learning_rate, total_steps, warmup_steps, end_lr=end_lr)
-    make = lamb if key == "lamb" else adamw
-    opt = make(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mu_dtype=mu_dtype)
+    opt = (lamb if key == "lamb" else adamw)(schedule, **hyperparameters)
     if clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
     return opt, schedule

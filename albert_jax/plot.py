@@ -1,45 +1,46 @@
 """Training curves of runs as a PNG: `python -m albert_jax.plot WORKDIR [WORKDIR ...] [--out FILE.png]`.
 
-Reads each run's `metrics.jsonl`. Pretraining runs (their records have `mlm_loss`) get loss, MLM/SOP
-accuracy, learning rate and throughput panels, held-out evaluations as points; fine-tuning runs get
-the training loss and one panel per evaluation metric (`dev/accuracy`, ...). Several runs overlay on
-one figure, one colour per run, named by their directories; a fine-tuning WORKDIR with `num_seeds > 1`
-stands for its `seed_<k>` runs.
+Reads each run's `metrics.jsonl` (local or `gs://`). Pretraining runs (records with `train/mlm_loss`)
+get loss, MLM/SOP accuracy, learning rate and throughput panels, held-out evaluations as points;
+fine-tuning runs get the training loss and one panel per evaluation metric (`eval/dev/accuracy`, ...).
+Runs written before the `train/`/`eval/` names (`loss`, `eval_mlm_accuracy`, `dev/accuracy`) read the
+same. Several runs overlay on one figure, one colour per run, named by their directories; a
+fine-tuning WORKDIR with `num_seeds > 1` stands for its `seed_<k>` runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import json
+import io
 import math
-import os
 import sys
 from collections.abc import Sequence
 
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from albert_jax import cli, errors
 from albert_jax import workdir as workdir_lib
 
-# (title, [(metrics.jsonl key, legend name, line style)]); `eval_` keys are sparse points.
+# (title, [(metrics.jsonl key, legend name, line style)]); `eval/` keys are sparse points.
 PRETRAIN_PANELS = (
-    ("Loss", (("loss", "train", "-"), ("eval_loss", "held-out", "--"))),
+    ("Loss", (("train/loss", "train", "-"), ("eval/loss", "held-out", "--"))),
     (
         "MLM / SOP accuracy",
         (
-            ("mlm_accuracy", "MLM", "-"),
-            ("sop_accuracy", "SOP", ":"),
-            ("eval_mlm_accuracy", "MLM held-out", "--"),
-            ("eval_mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (5, 1, 1, 1, 1, 1))),
-            ("eval_sop_accuracy", "SOP held-out", "-."),
+            ("train/mlm_accuracy", "MLM", "-"),
+            ("train/sop_accuracy", "SOP", ":"),
+            ("eval/mlm_accuracy", "MLM held-out", "--"),
+            ("eval/mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (5, 1, 1, 1, 1, 1))),
+            ("eval/sop_accuracy", "SOP held-out", "-."),
         ),
     ),
-    ("Learning rate", (("learning_rate", None, "-"),)),
-    ("Throughput (tokens/s)", (("tokens_per_sec", None, "-"),)),
+    ("Learning rate", (("train/learning_rate", None, "-"),)),
+    ("Throughput (tokens/s)", (("train/tokens_per_sec", None, "-"),)),
 )
 # Evaluation keys that are not curves: example counts and thresholds (SQuAD v2).
 _NOT_CURVES = ("total", "_thresh")
@@ -52,7 +53,7 @@ class Run:
 
     @property
     def pretraining(self) -> bool:
-        return any("mlm_loss" in r or "eval_mlm_accuracy" in r for r in self.records)
+        return any("train/mlm_loss" in r or "eval/mlm_accuracy" in r for r in self.records)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of the records that hold a finite number under `key`."""
@@ -64,60 +65,70 @@ class Run:
         return [s for s, _ in points], [v for _, v in points]
 
 
-def _read_records(path: str) -> list[dict]:
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the line a running job is writing
-                continue
-            if isinstance(record, dict) and "step" in record:
-                records.append(record)
-    return records
+def current_name(key: str) -> str:
+    """A metrics.jsonl key under today's names: older runs wrote `loss` (train), `eval_x`
+    (pretraining's held-out) and `dev/x` (fine-tuning's evaluations)."""
+    if key == "step" or key.startswith(("train/", "eval/")):
+        return key
+    if key.startswith("eval_"):
+        return "eval/" + key.removeprefix("eval_")
+    return ("eval/" if "/" in key else "train/") + key
+
+
+def _read_records(path: epath.Path) -> list[dict]:
+    records = workdir_lib.read_jsonl(path)
+    return [{current_name(k): v for k, v in r.items()} for r in records if "step" in r]
 
 
 def load_runs(workdirs: Sequence[str]) -> list[Run]:
-    """The runs of `workdirs`, named by their directories. Raises FileNotFoundError/ValueError with a
-    one-line message for a missing directory or one without metrics."""
-    found: list[tuple[str, str]] = []  # (directory, metrics file)
-    for workdir in workdirs:
-        if not os.path.isdir(workdir):
-            raise FileNotFoundError(f"no such run directory: {workdir}")
+    """The runs of `workdirs`, named by their directories. Raises errors.MissingError/InputError
+    with a one-line message for a missing directory or one without metrics."""
+    found: list[tuple[epath.Path, epath.Path]] = []  # (directory, metrics file)
+    for workdir in map(epath.Path, workdirs):
+        if not workdir.is_dir():
+            raise errors.MissingError(f"no such run directory: {workdir}")
         path = workdir_lib.path(workdir, workdir_lib.METRICS)
-        seeds = sorted(glob.glob(os.path.join(workdir, "seed_*", workdir_lib.METRICS)))
-        if os.path.isfile(path):
+        seeds = sorted(workdir.glob(f"seed_*/{workdir_lib.METRICS}"), key=str)
+        if path.is_file():
             found.append((workdir, path))
         elif seeds:
-            found += [(os.path.dirname(p), p) for p in seeds]
+            found += [(p.parent, p) for p in seeds]
         else:
-            raise FileNotFoundError(
+            raise errors.MissingError(
                 f"{workdir} has no {workdir_lib.METRICS} (not a run, or no step logged yet)"
             )
-    names = [os.path.basename(os.path.normpath(d)) for d, _ in found]
+    names = [d.name for d, _ in found]
     if len(set(names)) < len(names):  # e.g. seed_0 of two sweeps: show more of the path
-        names = [os.path.normpath(d) for d, _ in found]
+        names = [f"{d.parent.name}/{d.name}" for d, _ in found]
     runs = []
     for name, (_, path) in zip(names, found):
         records = _read_records(path)
         if not records:
-            raise ValueError(f"{path} has no records yet")
+            raise errors.InputError(f"{path} has no records yet")
         runs.append(Run(name, records))
     if len({run.pretraining for run in runs}) > 1:
-        raise ValueError("cannot overlay pretraining and fine-tuning runs; plot them separately")
+        raise errors.InputError("cannot overlay pretraining and fine-tuning runs; plot them separately")
     return runs
 
 
 def _finetune_panels(runs: Sequence[Run]) -> list[tuple[str, tuple]]:
     keys = sorted(
-        {k for run in runs for r in run.records for k in r if "/" in k and not k.endswith(_NOT_CURVES)}
+        {
+            k
+            for run in runs
+            for r in run.records
+            for k in r
+            if k.startswith("eval/") and not k.endswith(_NOT_CURVES)
+        }
     )
-    return [("Train loss", (("loss", None, "-"),))] + [(k, ((k, None, "-"),)) for k in keys]
+    return [("Train loss", (("train/loss", None, "-"),))] + [
+        (k.removeprefix("eval/"), ((k, None, "-"),)) for k in keys
+    ]
 
 
 def _marker(key: str) -> str | None:
     """Evaluations are sparse: points joined by a line."""
-    return "o" if key.startswith("eval_") or "/" in key else None
+    return "o" if key.startswith("eval/") else None
 
 
 def plot_runs(workdirs: Sequence[str]) -> Figure:
@@ -152,6 +163,18 @@ def plot_runs(workdirs: Sequence[str]) -> Figure:
     return fig
 
 
+def write_plot(workdirs: Sequence[str], out: str | None = None) -> epath.Path:
+    """Writes the figure of `workdirs` to `out` (default: WORKDIR/metrics.png for one run, else
+    ./metrics.png; local or gs://) and returns where."""
+    target = epath.Path(
+        out or (workdir_lib.path(workdirs[0], "metrics.png") if len(workdirs) == 1 else "metrics.png")
+    )
+    buffer = io.BytesIO()
+    plot_runs(workdirs).savefig(buffer, format="png", dpi=100)
+    workdir_lib.write_file(target, buffer.getvalue())
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m albert_jax.plot", description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
@@ -160,18 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="PNG to write (default: WORKDIR/metrics.png for one run, else ./metrics.png)",
     )
-    args = parser.parse_args(argv)
-    out = args.out or (
-        os.path.join(args.workdirs[0], "metrics.png") if len(args.workdirs) == 1 else "metrics.png"
-    )
-    try:
-        fig = plot_runs(args.workdirs)
-        fig.savefig(out, dpi=100)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return cli.argparse_main(parser, lambda args: print(f"wrote {write_plot(args.workdirs, args.out)}"), argv)
 
 
 if __name__ == "__main__":

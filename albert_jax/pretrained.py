@@ -14,10 +14,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from etils import epath
 from flax import traverse_util
 
-from albert_jax import hf, hf_files, hub, workdir
+from albert_jax import errors, hf, hf_files, hub, workdir
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import HEADS, init_params
@@ -32,7 +31,7 @@ def load(
     """(config, params for `head(config)`, tokenizer) from a run's WORKDIR (local or gs://, written by
     any mesh and host count), an HF directory or a Hub id (`albert/albert-base-v2`)."""
     if not init_from:
-        raise ValueError(
+        raise errors.ConfigError(
             "init_from is empty: give an HF directory, a Hub id or a WORKDIR (or init_from=none on purpose)"
         )
     if workdir.is_run(init_from):
@@ -40,7 +39,7 @@ def load(
         ckpt = Checkpointer(workdir.path(init_from, workdir.CHECKPOINTS))
         step = ckpt.latest_step()
         if step is None:
-            raise FileNotFoundError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
+            raise errors.MissingError(f"init_from={init_from!r} is a WORKDIR without a checkpoint")
         saved = ckpt.restore_params(step)  # host arrays: any topology
         log.info("init_from: %s (%s, step %s)", init_from, saved_head, step)
         # Through HF's names: the table already knows which tensors each head shares.
@@ -48,19 +47,21 @@ def load(
         state_dict = hf.params_to_hf(config, saved)
         tokenizer = workdir.tokenizer(init_from)
     elif workdir.is_url(init_from):
-        raise ValueError(
+        raise errors.ConfigError(
             f"init_from={init_from!r}: only a run's WORKDIR is read from a URL; copy an HF directory to a local "
             "path (or a gcsfuse mount) first"
         )
     else:
         directory = hub.local_dir(init_from)  # a local HF directory, or a Hub id (one line when offline)
         if not (directory / "config.json").is_file():
-            raise FileNotFoundError(
+            raise errors.MissingError(
                 f"init_from={init_from!r} is neither an HF directory (no config.json) nor a run's WORKDIR "
                 "(no model_config.json and checkpoints/)"
             )
         if not (directory / "spiece.model").is_file():
-            raise FileNotFoundError(f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)")
+            raise errors.MissingError(
+                f"init_from={init_from!r} has no spiece.model (the checkpoint's vocabulary)"
+            )
         config = AlbertConfig.from_json(directory / "config.json", **overrides)
         state_dict = hf_files.load_state_dict(directory)
         tokenizer = AlbertTokenizer.from_pretrained(directory)

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import fsspec
 from etils import epath
 
+from albert_jax import errors
 from albert_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ STALE_AFTER_S = 600.0  # another host's lock without a heartbeat for this long i
 _BREAK_STALE_AFTER_S = 60.0  # a take-over that left its marker behind (killed mid-way) is abandoned
 
 
-class WorkdirInUse(OSError):
+class WorkdirInUse(errors.StorageError):
     """Another live run holds WORKDIR."""
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from albert_jax import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axis or axes). Names not listed are replicated.
@@ -40,16 +42,18 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     shape = [data, fsdp, tensor]
     if shape.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+        raise errors.ConfigError(
+            f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}"
+        )
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{len(devices)} devices cannot be split into mesh data={data} fsdp={fsdp} tensor={tensor}"
             )
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(
+        raise errors.ConfigError(
             f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} needs {int(np.prod(shape))} devices, "
             f"but {len(devices)} are available"
         )

@@ -36,7 +36,7 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
-from albert_jax import hub
+from albert_jax import errors, hub
 
 SPIECE_UNDERLINE = "▁"
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"
@@ -112,6 +112,41 @@ def _check_text(value: Any, name: str) -> str:
     return value
 
 
+Span = tuple[str, int, int]  # an output character and the [start, end) of the input it came from
+
+
+def _collapse_spaces(spans: list[Span]) -> list[Span]:
+    """Runs of whitespace -> one " " spanning the run, none at either end (as " ".join(s.split()))."""
+    out, i, n = [], 0, len(spans)
+    while i < n:
+        j = i
+        while j < n and spans[j][0].isspace():
+            j += 1
+        if j == i:
+            out.append(spans[i])
+            i += 1
+            continue
+        if out and j < n:
+            out.append((" ", spans[i][1], spans[j - 1][2]))
+        i = j
+    return out
+
+
+def _merge_quote_pairs(spans: list[Span]) -> list[Span]:
+    """`` and '' -> ", in one left-to-right pass (equal to the reference's two replaces)."""
+    out, i = [], 0
+    while i < len(spans):
+        pair = i + 1 < len(spans) and spans[i][0] == spans[i + 1][0] and spans[i][0] in "`'"
+        out.append(('"', spans[i][1], spans[i + 1][2]) if pair else spans[i])
+        i += 2 if pair else 1
+    return out
+
+
+def _special_id(token: str) -> property:
+    """A read-only `<name>_token_id` attribute: the vocabulary's id of `token`."""
+    return property(lambda self: self._special_ids[token], doc=f"The id of {token}.")
+
+
 class AlbertTokenizer:
     """ALBERT's SentencePiece tokenizer; see the module docstring for the exact pipeline.
 
@@ -134,14 +169,14 @@ class AlbertTokenizer:
             raise TypeError(f"model_file must be a path, got {type(model_file).__name__}")
         path = epath.Path(model_file)  # local or gs://: sentencepiece gets the bytes, never the path
         if path.is_dir():
-            raise ValueError(
+            raise errors.InputError(
                 f"model_file {str(path)!r} is a directory; use AlbertTokenizer.from_pretrained for a checkpoint folder"
             )
         if not path.is_file():
-            raise FileNotFoundError(f"SentencePiece model file not found: {str(path)!r}")
+            raise errors.MissingError(f"SentencePiece model file not found: {str(path)!r}")
         size = path.stat().length
         if size >= 1 << 31:  # protobuf's limit: this is not a SentencePiece model
-            raise ValueError(f"{str(path)!r} is {size} bytes, too large for a SentencePiece model")
+            raise errors.InputError(f"{str(path)!r} is {size} bytes, too large for a SentencePiece model")
         self.model_file = str(path)
         self.do_lower_case = bool(do_lower_case)
         self.remove_space = bool(remove_space)
@@ -160,7 +195,7 @@ class AlbertTokenizer:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "ParseFromArray" in reason:
                 reason = "truncated, or not a serialized ModelProto"
-            raise ValueError(
+            raise errors.InputError(
                 f"{self.model_file!r} is not a SentencePiece model ({reason.removeprefix('INTERNAL: ')})"
             ) from None
         self._model_bytes = model_bytes
@@ -168,7 +203,7 @@ class AlbertTokenizer:
         try:
             sp.IdToPiece(list(range(sp.get_piece_size())))
         except UnicodeDecodeError:
-            raise ValueError(
+            raise errors.InputError(
                 f"SentencePiece model {self.model_file!r} has a piece that is not UTF-8"
             ) from None
         self._special_ids = self._read_special_ids()
@@ -182,7 +217,7 @@ class AlbertTokenizer:
         for token in SPECIAL_TOKENS:
             i = sp.PieceToId(token)
             if sp.IdToPiece(i) != token:
-                raise ValueError(
+                raise errors.InputError(
                     f"SentencePiece model {self.model_file!r} has no {token!r} piece; train the vocabulary with "
                     "ALBERT's flags (albert_jax.train_tokenizer: pad_id=0, unk_id=1, control symbols [CLS],[SEP],[MASK])"
                 )
@@ -252,14 +287,14 @@ class AlbertTokenizer:
             path = epath.Path(hub.local_dir(given))
         model = path / MODEL_FILE_NAME
         if not model.is_file():
-            raise FileNotFoundError(f"no {MODEL_FILE_NAME} in {str(path)!r}")
+            raise errors.MissingError(f"no {MODEL_FILE_NAME} in {str(path)!r}")
         flags: dict[str, Any] = {}
         config = path / CONFIG_FILE_NAME
         if config.is_file():
             try:
                 saved = json.loads(config.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{str(config)!r} is not valid JSON: {e}") from None
+                raise errors.InputError(f"{str(config)!r} is not valid JSON: {e}") from None
             flags = {k: saved[k] for k in ("do_lower_case", "remove_space", "keep_accents") if k in saved}
         flags.update(kwargs)
         return cls(model, **flags)
@@ -304,10 +339,10 @@ class AlbertTokenizer:
         return self._sp.get_piece_size()
 
     def check_vocab_size(self, vocab_size: int, where: str) -> None:
-        """The one check that a model's `vocab_size` matches this vocabulary (ValueError naming `where`,
-        the two sizes and the fix)."""
+        """The one check that a model's `vocab_size` matches this vocabulary (errors.ConfigError naming
+        `where`, the two sizes and the fix)."""
         if self.vocab_size != vocab_size:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{where}: the vocabulary {self.model_file} has {self.vocab_size} pieces but the model's "
                 f"vocab_size is {vocab_size}; set --config.model.vocab_size={self.vocab_size} or use a "
                 "matching spiece.model"
@@ -320,25 +355,11 @@ class AlbertTokenizer:
         """Every piece with its id, ``{piece: id}``, as transformers' ``get_vocab``."""
         return {piece: i for i, piece in enumerate(self._sp.IdToPiece(list(range(self.vocab_size))))}
 
-    @property
-    def pad_token_id(self) -> int:
-        return self._special_ids[PAD_TOKEN]
-
-    @property
-    def unk_token_id(self) -> int:
-        return self._special_ids[UNK_TOKEN]
-
-    @property
-    def cls_token_id(self) -> int:
-        return self._special_ids[CLS_TOKEN]
-
-    @property
-    def sep_token_id(self) -> int:
-        return self._special_ids[SEP_TOKEN]
-
-    @property
-    def mask_token_id(self) -> int:
-        return self._special_ids[MASK_TOKEN]
+    pad_token_id = _special_id(PAD_TOKEN)
+    unk_token_id = _special_id(UNK_TOKEN)
+    cls_token_id = _special_id(CLS_TOKEN)
+    sep_token_id = _special_id(SEP_TOKEN)
+    mask_token_id = _special_id(MASK_TOKEN)
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -348,7 +369,9 @@ class AlbertTokenizer:
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"token ids must be ints, got {type(i).__name__}")
         if not 0 <= i < self.vocab_size:
-            raise ValueError(f"token id {int(i)} is out of range for a vocabulary of {self.vocab_size}")
+            raise errors.InputError(
+                f"token id {int(i)} is out of range for a vocabulary of {self.vocab_size}"
+            )
         return int(i)
 
     def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
@@ -483,58 +506,22 @@ class AlbertTokenizer:
 
     def _aligned_normalize(self, seg: str) -> tuple[str, list[int], list[int]]:
         """Step 3 with, for every output character, the ``[start, end)`` span of ``seg`` it came from."""
-        chars = list(seg)
-        starts = list(range(len(seg)))
-        ends = list(range(1, len(seg) + 1))
+        spans = [(c, i, i + 1) for i, c in enumerate(seg)]  # (character, start, end)
         if self.remove_space:
-            c2, s2, e2 = [], [], []
-            i, n = 0, len(chars)
-            while i < n:
-                if chars[i].isspace():
-                    j = i
-                    while j < n and chars[j].isspace():
-                        j += 1
-                    if c2 and j < n:
-                        c2.append(" ")
-                        s2.append(starts[i])
-                        e2.append(ends[j - 1])
-                    i = j
-                else:
-                    c2.append(chars[i])
-                    s2.append(starts[i])
-                    e2.append(ends[i])
-                    i += 1
-            chars, starts, ends = c2, s2, e2
-        c2, s2, e2 = [], [], []
-        i, n = 0, len(chars)
-        while i < n:  # `` and '' -> ", one left-to-right pass equals the reference's two replaces
-            if i + 1 < n and chars[i] == chars[i + 1] and chars[i] in "`'":
-                c2.append('"')
-                s2.append(starts[i])
-                e2.append(ends[i + 1])
-                i += 2
-            else:
-                c2.append(chars[i])
-                s2.append(starts[i])
-                e2.append(ends[i])
-                i += 1
-        chars, starts, ends = c2, s2, e2
+            spans = _collapse_spaces(spans)
+        spans = _merge_quote_pairs(spans)
         if not self.keep_accents or self.do_lower_case:
-            c2, s2, e2 = [], [], []
-            for c, s, e in zip(chars, starts, ends):
+            folded = []
+            for c, start, end in spans:
                 out = (
                     c if self.keep_accents else _strip_accents(c)
                 )  # NFKD is per character once marks are gone
-                if self.do_lower_case:
-                    out = out.lower()
-                c2.extend(out)
-                s2.extend([s] * len(out))
-                e2.extend([e] * len(out))
-            chars, starts, ends = c2, s2, e2
+                folded += [(o, start, end) for o in (out.lower() if self.do_lower_case else out)]
+            spans = folded
         normalized = self._normalize(seg)
-        if len(normalized) != len(chars):  # not expected; keep ids exact and give coarse spans
+        if len(normalized) != len(spans):  # not expected; keep ids exact and give coarse spans
             return normalized, [0] * len(normalized), [len(seg)] * len(normalized)
-        return normalized, starts, ends
+        return normalized, [start for _, start, _ in spans], [end for _, _, end in spans]
 
     @staticmethod
     def _dropped_by_spm(char: str, body: str, more: bool) -> bool:
@@ -633,30 +620,32 @@ class AlbertTokenizer:
                     )
                 pairs = [_check_text(t, f"text_pair[{n}]") for n, t in enumerate(text_pair)]
                 if len(pairs) != len(texts):
-                    raise ValueError(
+                    raise errors.InputError(
                         f"text and text_pair have different lengths ({len(texts)} vs {len(pairs)})"
                     )
         else:
             texts = [text]
             pairs = None if text_pair is None else [_check_text(text_pair, "text_pair")]
         if truncation not in _TRUNCATION:
-            raise ValueError(
+            raise errors.InputError(
                 f"truncation must be True, False, 'longest_first' or 'do_not_truncate', got {truncation!r}"
             )
         if padding not in _PADDING:
-            raise ValueError(
+            raise errors.InputError(
                 f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
             )
         if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors must be None or 'np', got {return_tensors!r}")
+            raise errors.InputError(f"return_tensors must be None or 'np', got {return_tensors!r}")
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
             raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
         truncate, pad = _TRUNCATION[truncation], _PADDING[padding]
         n_special = 2 if pairs is None else 3
         if truncate and max_length is not None and max_length < n_special:
-            raise ValueError(f"max_length={max_length} leaves no room for the {n_special} special tokens")
+            raise errors.InputError(
+                f"max_length={max_length} leaves no room for the {n_special} special tokens"
+            )
         if pad == "max_length" and max_length is None:
-            raise ValueError("padding='max_length' needs max_length")
+            raise errors.InputError("padding='max_length' needs max_length")
 
         if return_offsets_mapping:
             enc_a = [self.encode_with_offsets(t) for t in texts]
@@ -736,19 +725,21 @@ class AlbertTokenizer:
         ):
             encoded_inputs = {key: [e[key] for e in encoded_inputs] for key in encoded_inputs[0]}
         if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
-            raise ValueError("pad needs an encoding, a batch of encodings or a list of them, with input_ids")
+            raise errors.InputError(
+                "pad needs an encoding, a batch of encodings or a list of them, with input_ids"
+            )
         if padding not in _PADDING:
-            raise ValueError(
+            raise errors.InputError(
                 f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}"
             )
         if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors must be None or 'np', got {return_tensors!r}")
+            raise errors.InputError(f"return_tensors must be None or 'np', got {return_tensors!r}")
         for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+                raise errors.InputError(f"{name} must be a positive int or None, got {value!r}")
         strategy = _PADDING[padding]
         if strategy == "max_length" and max_length is None:
-            raise ValueError("padding='max_length' needs max_length")
+            raise errors.InputError("padding='max_length' needs max_length")
         if return_tensors is None and any(_is_array(v) for v in encoded_inputs.values()):
             return_tensors = "np"  # arrays in, arrays out
         ids = encoded_inputs["input_ids"]
@@ -760,7 +751,7 @@ class AlbertTokenizer:
             batch = _as_row(value) if batched else [value]
             rows[key] = [_as_row(r) for r in batch] if key in _PADDED_KEYS else batch
         if any(len(value) != len(rows["input_ids"]) for value in rows.values()):
-            raise ValueError("every key of encoded_inputs must hold as many sequences as input_ids")
+            raise errors.InputError("every key of encoded_inputs must hold as many sequences as input_ids")
         for row in rows["input_ids"]:
             for i in row:
                 if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
@@ -862,7 +853,7 @@ def _as_arrays(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
             result[key] = np.asarray(values)
             continue
         if len({len(r) for r in values}) > 1:
-            raise ValueError("sequences have different lengths; use padding=True to return arrays")
+            raise errors.InputError("sequences have different lengths; use padding=True to return arrays")
         shape = (len(values), -1, 2) if key == "offset_mapping" else (len(values), -1)
         result[key] = np.asarray(values, dtype=np.int32).reshape(shape)
     return result
@@ -954,7 +945,7 @@ def _training_source(source: Any) -> tuple[Iterable[str] | list[Path], bool]:
         )
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(f"training file not found: {str(p)!r}")
+            raise errors.MissingError(f"training file not found: {str(p)!r}")
     return paths, True
 
 
@@ -989,7 +980,7 @@ def train_tokenizer(
     Writes ``{output_prefix}.model`` and ``{output_prefix}.vocab``.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+        raise errors.ConfigError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
     if not isinstance(output_prefix, (str, os.PathLike)):
         raise TypeError(f"output_prefix must be a path, got {type(output_prefix).__name__}")
     source, files = _training_source(files_or_text_iterator)
@@ -1023,13 +1014,13 @@ def train_tokenizer(
         if "Vocabulary size too high" in message or "Vocabulary size is smaller" in message:
             limit = re.search(r"value <= (\d+)", message)
             hint = f" (at most {limit.group(1)})" if limit else ""
-            raise ValueError(
+            raise errors.InputError(
                 f"vocab_size={vocab_size} is too large for this training text{hint}; "
                 "use a smaller vocab_size, more text, or hard_vocab_limit=False"
             ) from None
         if "sentences_.empty()" in message:
-            raise ValueError("no training text: the input has no non-empty lines") from None
-        raise ValueError(f"sentencepiece training failed: {message.strip()}") from None
+            raise errors.InputError("no training text: the input has no non-empty lines") from None
+        raise errors.InputError(f"sentencepiece training failed: {message.strip()}") from None
     return f"{prefix}.model"
 
 
@@ -1062,31 +1053,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     encode = commands.add_parser("encode", help="print the pieces and ids of each line of text")
     encode.add_argument("--model", required=True, help="a .model file or a folder with spiece.model")
     encode.add_argument("text", nargs="*", help="text to encode (default: lines of stdin)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            extra = {"hard_vocab_limit": False} if args.soft_vocab_limit else {}
-            path = train_tokenizer(
-                [Path(p) for p in args.input],
-                args.output,
-                args.vocab_size,
-                do_lower_case=not args.cased,
-                keep_accents=args.keep_accents,
-                character_coverage=args.character_coverage,
-                model_type=args.model_type,
-                input_sentence_size=args.input_sentence_size,
-                num_threads=args.num_threads,
-                **extra,
-            )
-            print(path)
-        else:
-            tok = AlbertTokenizer.from_pretrained(args.model)
-            for line in args.text or (line.rstrip("\n") for line in sys.stdin):
-                print(json.dumps({"tokens": tok.tokenize(line), "ids": tok.encode(line)}, ensure_ascii=False))
-    except (ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from albert_jax import cli  # the entry point's error path (imports jax; the library does not)
+
+    return cli.argparse_main(parser, _run_command, argv)
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        extra = {"hard_vocab_limit": False} if args.soft_vocab_limit else {}
+        path = train_tokenizer(
+            [Path(p) for p in args.input],
+            args.output,
+            args.vocab_size,
+            do_lower_case=not args.cased,
+            keep_accents=args.keep_accents,
+            character_coverage=args.character_coverage,
+            model_type=args.model_type,
+            input_sentence_size=args.input_sentence_size,
+            num_threads=args.num_threads,
+            **extra,
+        )
+        print(path)
+    else:
+        tok = AlbertTokenizer.from_pretrained(args.model)
+        for line in args.text or (line.rstrip("\n") for line in sys.stdin):
+            print(json.dumps({"tokens": tok.tokenize(line), "ids": tok.encode(line)}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,9 @@ def read_jsonl(source: PathLike) -> list[dict[str, Any]]:
         else:
             torn.append(number)
     if torn:
-        log.warning("%s: dropped %d unreadable line(s) (%s), cut short by a crash", source, len(torn), _lines(torn))
+        log.warning(
+            "%s: dropped %d unreadable line(s) (%s), cut short by a crash", source, len(torn), _lines(torn)
+        )
     return records
 
 

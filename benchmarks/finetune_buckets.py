@@ -29,6 +29,7 @@ from albert_jax.modeling import AlbertForSequenceClassification, init_params
 from albert_jax.tasks.glue import GlueTask
 from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
 from albert_jax.training import finetune, trainer
+from albert_jax.training import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
@@ -66,10 +67,10 @@ def main() -> None:
             clip_norm=1.0,
         )
     )
-    tx, schedule = trainer.make_tx(run_cfg)
+    tx, schedule = run_lib.make_tx(run_cfg)
     loss_fn, norm_fn = finetune.make_loss(task)
     step = jax.jit(
-        trainer.make_train_step(loss_fn, norm_fn, finetune._summarise, seed=0, schedule=schedule),
+        trainer.make_train_step(loss_fn, norm_fn, finetune.summarise, seed=0, schedule=schedule),
         donate_argnums=0,
     )
     results = {}
@@ -77,7 +78,7 @@ def main() -> None:
         ("padded to max_seq_length", (args.max_seq_length,)),
         ("length buckets", finetuning_data.default_buckets(args.max_seq_length)),
     ):
-        state, _ = trainer.create_train_state(
+        state, _ = run_lib.create_train_state(
             lambda r: init_params(model, r, 8), model.apply, tx, mesh, rules, 0
         )
         it = iter(

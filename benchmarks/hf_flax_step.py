@@ -3,7 +3,7 @@
 Runs under a side python (transformers 4.x, the last with Flax; the same jax, jaxlib, flax and optax as
 ours) and takes `train_step.py`'s flags. It builds HF's model from the same config (dropout 0), puts it
 in the same step (`trainer.make_train_step` with `pretrain.pretraining_loss`: MLM at the same masked
-positions + SOP) with the same optimizer (`trainer.make_tx`: clipping, AdamW or LAMB, the non-finite
+positions + SOP) with the same optimizer (`run.make_tx`: clipping, AdamW or LAMB, the non-finite
 guard), jits it with donation but no mesh (HF Flax has no partitioning rules), and prints one JSON line:
 lower and compile time, then step time. Each further `compile` line on stdin compiles the step afresh
 and prints another JSON line, so the parent can alternate compiles with its own.
@@ -26,6 +26,7 @@ try:
     import train_step
 
     from albert_jax.training import pretrain, trainer
+    from albert_jax.training import run as run_lib
 except ImportError as e:
     sys.exit(f"error: {sys.executable} cannot run the HF Flax step ({e}); see README.md, Benchmarks")
 
@@ -61,7 +62,7 @@ def main() -> None:
         logits = jnp.take_along_axis(out.prediction_logits, masked_lm_positions[..., None], axis=1)
         return types.SimpleNamespace(prediction_logits=logits, sop_logits=out.sop_logits)
 
-    tx, schedule = trainer.make_tx(train_step.optimizer_config(args))
+    tx, schedule = run_lib.make_tx(train_step.optimizer_config(args))
     state = trainer.TrainState.create(apply_fn=apply_fn, params=model.params, tx=tx)
     predictions = train_step.predictions_per_sequence(args.seq_len)
     batch = jax.device_put(train_step.synthetic_batch(cfg, args.batch_size, args.seq_len, predictions))
@@ -69,7 +70,7 @@ def main() -> None:
     def compile_step():
         step = jax.jit(
             trainer.make_train_step(
-                pretrain.pretraining_loss, pretrain.loss_norm, pretrain._summarise, seed=0, schedule=schedule
+                pretrain.pretraining_loss, pretrain.loss_norm, pretrain.summarise, seed=0, schedule=schedule
             ),
             donate_argnums=0,
         )
@@ -79,7 +80,7 @@ def main() -> None:
     steps = 0 if args.compile_only else args.warmup + args.steps
     state, times = train_step.time_steps(compiled, state, batch, steps)
     result.update(
-        params=trainer.count_params(state.params),
+        params=run_lib.count_params(state.params),
         step_time_s=statistics.median(times[args.warmup :]) if times else None,
         transformers=hf_version,
         versions=train_step.library_versions(),  # the parent refuses a side python whose versions differ

@@ -145,15 +145,16 @@ def phase_table(samples: list[tuple[float, int]], segments: list[tuple[float, fl
 def instrument(timeline: Timeline) -> None:
     """Marks the run's phases: wraps the functions that do them and listens to JAX's compile spans."""
     from albert_jax import checkpoint
-    from albert_jax.training import pretrain, trainer
+    from albert_jax.training import pretrain, summary, trainer
+    from albert_jax.training import run as run_lib
 
     timeline.wrap(pretrain, "resolve", "vocabulary + token cache")
-    timeline.wrap(trainer, "create_train_state", "state init", wait=True)
+    timeline.wrap(run_lib, "create_train_state", "state init", wait=True)
     timeline.wrap(checkpoint.Checkpointer, "restore_latest", "resume check")
     timeline.wrap(checkpoint.Checkpointer, "save", "checkpoint save (blocking part)")
     timeline.wrap(checkpoint.Checkpointer, "close", "checkpoint finish (async part)")
     timeline.wrap(pretrain, "evaluate", "evaluation")
-    timeline.wrap(pretrain, "_print_summary", "summary (fill-mask)")
+    timeline.wrap(summary, "print_summary", "summary (fill-mask)")
 
     jit_train_step = trainer.jit_train_step
 

@@ -9,7 +9,7 @@ Usage::
     python benchmarks/train_step.py --preset large --layers 48 --batch-size 2 --steps 3
     python benchmarks/train_step.py --preset large --seq-len 512 --batch-size 8 --dtype bfloat16 --remat dots
 
-Times the real step (`trainer.jit_train_step` with `training.pretrain`'s loss, LAMB or ALBERT's AdamW
+Times the real step (`trainer.make_train_step` + `jit_train_step` with `training.pretrain`'s loss, LAMB or ALBERT's AdamW
 behind clipping and the non-finite guard, on a sharded state) on synthetic batches shaped like the
 data pipeline's. `--compare hf-torch` runs transformers' `AlbertForPreTraining` (PyTorch, same config,
 same shapes, labels at the same masked positions, torch.optim.AdamW + global-norm clipping; on a GPU, on
@@ -43,6 +43,7 @@ from albert_jax import sharding as sharding_lib
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
 from albert_jax.training import pretrain, trainer
+from albert_jax.training import run as run_lib
 
 COMPARE = ("hf-torch", "unrolled", "hf-flax")
 MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len
@@ -129,7 +130,7 @@ def peak_rss_bytes() -> int:
 
 
 def optimizer_config(args) -> ml_collections.ConfigDict:
-    """The run config keys `trainer.make_tx` reads: clipping + AdamW/LAMB + the non-finite guard."""
+    """The run config keys `run.make_tx` reads: clipping + AdamW/LAMB + the non-finite guard."""
     return ml_collections.ConfigDict(
         dict(
             optimizer=args.optimizer,
@@ -168,23 +169,20 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     mesh = sharding_lib.make_mesh()
     rules = sharding_lib.DEFAULT_RULES
     model = AlbertForPreTraining(cfg)
-    tx, schedule = trainer.make_tx(optimizer_config(args))
+    tx, schedule = run_lib.make_tx(optimizer_config(args))
     t0 = time.perf_counter()
-    state, state_sharding = trainer.create_train_state(
+    state, state_sharding = run_lib.create_train_state(
         lambda rng: init_params(model, rng, args.seq_len), model.apply, tx, mesh, rules, seed=0
     )
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
     data_sharding = sharding_lib.batch_sharding(mesh, rules)
     step = trainer.jit_train_step(
-        pretrain.pretraining_loss,
-        pretrain.loss_norm,
-        pretrain._summarise,
-        seed=0,
-        schedule=schedule,
-        grad_accum_steps=1,
-        state_sharding=state_sharding,
-        data_sharding=data_sharding,
+        trainer.make_train_step(
+            pretrain.pretraining_loss, pretrain.loss_norm, pretrain.summarise, seed=0, schedule=schedule
+        ),
+        state_sharding,
+        data_sharding,
     )
     batch = jax.device_put(batch_np, data_sharding)
     with jax.set_mesh(mesh):
@@ -198,7 +196,7 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
                     state, metrics = compiled(state, batch)
                 jax.block_until_ready(metrics)
     return {
-        "params": trainer.count_params(state.params),
+        "params": run_lib.count_params(state.params),
         "init_s": init_s,
         **compile_times,
         "step_time_s": statistics.median(times[args.warmup :]) if times else None,

@@ -7,7 +7,6 @@ import ml_collections
 from albert_jax.config import AlbertConfig
 from albert_jax.sharding import DEFAULT_RULES
 
-
 # JAX's persistent compilation cache: "" = WORKDIR/compilation_cache, "none" = off. The environment's
 # JAX_COMPILATION_CACHE_DIR, when set, wins.
 COMPILATION_CACHE_DIR = ""

@@ -11,7 +11,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from test_pretrain import REPO, cli_args, read_metrics
 
 from albert_jax import workdir as workdir_lib
-from albert_jax.training import trainer
+from albert_jax.training import run as run_lib
 
 VOCAB = os.path.join(REPO, "tests", "fixtures", "tokenizer", "spiece.model")  # 2000 pieces
 
@@ -96,7 +96,7 @@ def test_restart_compiles_nothing_new(tmp_path):
 
     shutil.rmtree(workdir / workdir_lib.CHECKPOINTS / "4")  # killed between the step-2 and step-4 saves
     programs, hits = _start(args, env)
-    assert [m["step"] for m in read_metrics(workdir) if "loss" in m] == [1, 2, 3, 4]  # it trained again
+    assert [m["step"] for m in read_metrics(workdir) if "train/loss" in m] == [1, 2, 3, 4]  # it trained again
     assert programs >= 3 and hits == programs, (programs, hits)
 
 
@@ -104,7 +104,7 @@ def test_restart_compiles_nothing_new(tmp_path):
 def cache_config(monkeypatch):
     """Lets `use_compilation_cache` change JAX's cache settings, and puts the session's back after."""
     saved = {
-        name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir", *trainer._CACHE_THRESHOLDS)
+        name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir", *run_lib._CACHE_THRESHOLDS)
     }
     for name in _CACHE_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -122,7 +122,7 @@ def test_cache_dir_setting(cache_config, tmp_path, setting, expected):
     workdir = str(tmp_path / "run")
     fill = lambda s: s.format(workdir=workdir, tmp=tmp_path)
     expected = expected and fill(expected)
-    assert trainer.use_compilation_cache(fill(setting), workdir) == expected
+    assert run_lib.use_compilation_cache(fill(setting), workdir) == expected
     assert jax.config.jax_compilation_cache_dir == expected
     if expected:
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
@@ -131,6 +131,6 @@ def test_cache_dir_setting(cache_config, tmp_path, setting, expected):
 def test_environment_wins(cache_config, monkeypatch, tmp_path):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # what JAX read from it
-    assert trainer.use_compilation_cache("", str(tmp_path / "run")) == str(tmp_path / "mine")
-    assert trainer.use_compilation_cache("none", str(tmp_path / "run")) == str(tmp_path / "mine")
+    assert run_lib.use_compilation_cache("", str(tmp_path / "run")) == str(tmp_path / "mine")
+    assert run_lib.use_compilation_cache("none", str(tmp_path / "run")) == str(tmp_path / "mine")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")

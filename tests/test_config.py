@@ -61,7 +61,9 @@ PUBLISHED = {
 }
 NOOP_KNOBS = {"down_scale_factor": 1, "gap_size": 0, "net_structure_type": 0, "num_memory_blocks": 0}
 # Every AlbertConfig field that config.json carries (num_labels is written as id2label).
-HF_FIELDS = sorted({f.name for f in dataclasses.fields(AlbertConfig)} - set(JAX_ONLY_FIELDS) - {"num_labels"})
+HF_FIELDS = sorted(
+    {f.name for f in dataclasses.fields(AlbertConfig)} - set(JAX_ONLY_FIELDS) - {"num_labels", "label_names"}
+)  # HF: id2label
 PRESET_NAMES = [f"{size}-{v}" for size in PRESETS for v in ("v1", "v2")]
 
 

@@ -11,7 +11,7 @@ from albert_jax import AlbertConfig, AlbertForSequenceClassification, init_param
 from albert_jax import sharding as sharding_lib
 from albert_jax.data import finetuning
 from albert_jax.data.loader import make_global_batch
-from albert_jax.training import trainer
+from albert_jax.training import finetune
 
 
 def _inputs(n=37, t=64, seed=0, choices=None):
@@ -110,7 +110,7 @@ def test_predict_gives_one_row_per_example_equal_to_the_forward_pass():
     def predict_fn(p, batch):
         return {"logits": model.apply({"params": p}, batch["input_ids"], batch["attention_mask"]).logits}
 
-    out = trainer.predict(
+    out = finetune.predict(
         predict_fn,
         params,
         inputs,

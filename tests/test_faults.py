@@ -18,16 +18,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_pretrain import REPO, _snapshot, _wait_for_step, cli_args, read_metrics, small_config
 
 from albert_jax import cli, config_drift, run_lock
 from albert_jax.checkpoint import COMMIT_MARKER, Checkpointer, CheckpointError
 from albert_jax.training import finetune, pretrain, trainer
 from configs import glue as glue_configs
-from configs import ner as ner_configs
 from configs import pretrain as pretrain_configs
-from configs import race as race_configs
-from configs import squad as squad_configs
-from test_pretrain import REPO, _snapshot, _wait_for_step, cli_args, read_metrics, small_config
 
 # Checkpoints at 4, 8 and 12 (orbax also saves step 1; keep 3 rotates it out).
 RUN = dict(
@@ -47,7 +44,7 @@ tensorstore_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableE
 
 
 def _losses(workdir):
-    return {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
+    return {m["step"]: m for m in read_metrics(workdir) if "train/loss" in m}
 
 
 def _errors(stderr: str) -> list[str]:
@@ -102,7 +99,7 @@ def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(reference, tmp
     ref, got = _losses(reference[1]), _losses(workdir)
     assert sorted(got) == sorted(ref) == list(range(1, 13))
     for step in range(9, 13):
-        for key in ("loss", "mlm_loss", "sop_loss", "grad_norm"):
+        for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "train/grad_norm"):
             assert got[step][key] == ref[step][key], (step, key)
 
 
@@ -142,7 +139,9 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(storage, "POLICY", storage.RetryPolicy(attempts=4, initial_s=0.01, max_s=0.02))
 
 
-def test_transient_storage_errors_are_retried_and_set_nothing_aside(reference, tmp_path, fast_retries, monkeypatch):
+def test_transient_storage_errors_are_retried_and_set_nothing_aside(
+    reference, tmp_path, fast_retries, monkeypatch
+):
     workdir = _copy(reference, tmp_path)
     flaky = _Flaky(Checkpointer.restore, failures=3)
     monkeypatch.setattr(Checkpointer, "restore", lambda self, *a, **k: flaky(self, *a, **k))
@@ -153,7 +152,9 @@ def test_transient_storage_errors_are_retried_and_set_nothing_aside(reference, t
 
 
 @tensorstore_noise
-def test_storage_errors_that_persist_stop_with_one_line_and_set_nothing_aside(reference, tmp_path, fast_retries, monkeypatch):
+def test_storage_errors_that_persist_stop_with_one_line_and_set_nothing_aside(
+    reference, tmp_path, fast_retries, monkeypatch
+):
     workdir = _copy(reference, tmp_path)
     checkpoints, metrics = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "metrics.jsonl")
     before = _snapshot(checkpoints), open(metrics).read()
@@ -169,11 +170,17 @@ def test_storage_errors_that_persist_stop_with_one_line_and_set_nothing_aside(re
 
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "config.json"])
-def test_a_run_file_torn_by_a_crash_is_dropped_with_a_warning_and_the_run_resumes(reference, tmp_path, caplog, name):
+def test_a_run_file_torn_by_a_crash_is_dropped_with_a_warning_and_the_run_resumes(
+    reference, tmp_path, caplog, name
+):
     workdir = _copy(reference, tmp_path)
     path = os.path.join(workdir, name)
     text = open(path).read()
-    torn = text + '{"step": 13, "loss": 5.1, "mlm_lo' if name == "metrics.jsonl" else text[: len(text) // 2]
+    torn = (
+        text + '{"step": 13, "train/loss": 5.1, "train/mlm_lo'
+        if name == "metrics.jsonl"
+        else text[: len(text) // 2]
+    )
     with open(path, "w") as f:
         f.write(torn)
     with caplog.at_level(logging.WARNING):
@@ -181,7 +188,7 @@ def test_a_run_file_torn_by_a_crash_is_dropped_with_a_warning_and_the_run_resume
     assert any(name in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), caplog.text
     assert sorted(_losses(workdir)) == list(range(1, 15))
     ref = _losses(reference[1])
-    assert all(_losses(workdir)[s]["loss"] == ref[s]["loss"] for s in ref)
+    assert all(_losses(workdir)[s]["train/loss"] == ref[s]["train/loss"] for s in ref)
     json.load(open(os.path.join(workdir, "config.json")))  # rewritten whole
 
 
@@ -265,21 +272,62 @@ def test_allowed_warned_and_overridden_changes_resume(reference, tmp_path, caplo
     assert json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == 8  # the new baseline
 
 
-def test_every_config_key_has_a_rule():
-    configs = [
-        pretrain_configs.get_config("tiny"),
-        glue_configs.get_config("task=rte"),
-        squad_configs.get_config("version=2.0"),
-        race_configs.get_config(),
-        ner_configs.get_config(),
+@pytest.mark.parametrize(
+    "key,action",
+    [
+        ("model.hidden_size", "refuse"),  # groups
+        ("data.masked_lm_prob", "refuse"),
+        ("mesh.fsdp", "warn"),
+        ("model.remat_policy", "allow"),  # exceptions inside a group
+        ("data.cache_dir", "allow"),
+        ("data.prepared", "warn"),
+        ("total_steps", "allow"),
+        ("eval_every", "allow"),
+        ("checkpoint_every_minutes", "allow"),
+        ("compilation_cache_dir", "allow"),  # where, not what
+        ("batch_size", "warn"),
+        ("seed", "refuse"),  # what is not an exception is what the checkpoint was trained with
+        ("learning_rate", "refuse"),
+        ("a_key_added_next_year", "refuse"),
+    ],
+)
+def test_keys_are_classified_by_group_with_explicit_exceptions(key, action):
+    assert config_drift.rule(key)[1] == action
+
+
+def test_a_workdir_from_before_a_key_existed_resumes(reference, tmp_path, caplog):
+    """An old run's config.json lacks keys added since: that version's default is today's, so the run
+    resumes when the key holds today's default and refuses a REFUSE key set to something else."""
+    workdir = _copy(reference, tmp_path)
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["checkpoint_every_minutes"], saved["data"]["dynamic_masking"]  # "before they existed"
+    open(path, "w").write(json.dumps(saved))
+    defaults = pretrain_configs.get_config("tiny")  # what cli.config_defaults() gives the entry point
+    before = _snapshot(workdir)
+    changed = small_config(reference[0], **{**RUN, "data.dynamic_masking": False})  # not today's default
+    with pytest.raises(config_drift.ConfigDriftError, match=r"data.dynamic_masking \(absent\) → false"):
+        pretrain.run(changed, workdir, defaults=defaults)
+    assert _snapshot(workdir) == before
+    with caplog.at_level(logging.WARNING, logger="albert_jax.config_drift"):
+        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir, defaults=defaults)
+    drift = [
+        r for r in caplog.records if r.name == "albert_jax.config_drift" and r.levelno >= logging.WARNING
     ]
-    for config in configs:
-        for key in config_drift.flatten(config_drift.as_plain(config)):
-            assert config_drift.rule(key)[0] != "*", f"{key} is not classified in config_drift.RULES"
-    assert config_drift.rule("model.hidden_size")[1] == config_drift.REFUSE
-    assert config_drift.rule("mesh.fsdp")[1] == config_drift.WARN
-    assert config_drift.rule("eval_batch_size")[1] == config_drift.ALLOW
-    assert config_drift.rule("compilation_cache_dir")[1] == config_drift.ALLOW  # where, not what
+    assert not drift, caplog.text
+    assert sorted(_losses(workdir))[-2:] == [13, 14]
+    assert "checkpoint_every_minutes" in json.load(open(path))  # the new baseline has every key
+
+
+def test_a_library_resume_without_defaults_assumes_them_with_a_warning(reference, tmp_path, caplog):
+    workdir = _copy(reference, tmp_path)
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["checkpoint_every_minutes"]
+    open(path, "w").write(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="albert_jax.config_drift"):
+        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 13}), workdir)
+    assert "checkpoint_every_minutes (absent) → 0.0" in caplog.text and "predates" in caplog.text
 
 
 # --- one run per WORKDIR --------------------------------------------------------------------------------
@@ -318,7 +366,9 @@ def test_lock_refuses_live_holders_and_takes_over_stale_ones(tmp_path):
 
 def test_two_runs_on_one_workdir_leave_one_and_sigkill_does_not_block_the_rerun(reference, tmp_path):
     workdir = str(tmp_path / "run")
-    args = cli_args(workdir, reference[0], **{**_shared(reference), "total_steps": 300, "checkpoint_every": 2})
+    args = cli_args(
+        workdir, reference[0], **{**_shared(reference), "total_steps": 300, "checkpoint_every": 2}
+    )
     pipe = subprocess.PIPE
     procs = [subprocess.Popen(args, cwd=REPO, stdout=pipe, stderr=pipe, text=True) for _ in range(2)]
     try:
@@ -414,8 +464,8 @@ def test_synchronous_checkpointing_saves_the_same_run(reference, tmp_path, monke
     workdir = str(tmp_path / "run")
     pretrain.run(small_config(reference[0], **_shared(reference), async_checkpointing=False), workdir)
     assert made == [False]
-    assert {k: m["loss"] for k, m in _losses(workdir).items()} == {
-        k: m["loss"] for k, m in _losses(reference[1]).items()
+    assert {k: m["train/loss"] for k, m in _losses(workdir).items()} == {
+        k: m["train/loss"] for k, m in _losses(reference[1]).items()
     }
     dirs = [os.path.join(w, "checkpoints") for w in (workdir, reference[1])]
     assert sorted(os.listdir(dirs[0])) == sorted(os.listdir(dirs[1]))

@@ -119,7 +119,7 @@ def test_real_glue_end_to_end_writes_every_output(tmp_path, hf_dir, task, task_d
     labels = {"rte": {"entailment", "not_entailment"}, "sst2": {"0", "1"}}.get(task)
     for _, prediction in rows[1:]:
         assert prediction in labels if labels else 0.0 <= float(prediction) + 10  # STS-B: a float score
-    evals = [m for m in read_metrics(workdir) if "dev/" + sorted(metrics)[0] in m]
+    evals = [m for m in read_metrics(workdir) if "eval/dev/" + sorted(metrics)[0] in m]
     assert [m["step"] for m in evals] == [3, 6]
     for name in ("config.json", "model_config.json", "spiece.model", "best.json", "summary.json"):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -152,7 +152,7 @@ def test_learns_sst2_slice_beyond_majority_class(tmp_path):
     majority = max(dev.count("0"), dev.count("1")) / len(dev)
     accuracy = summary["best"]["metrics"]["dev"]["accuracy"]
     assert accuracy > majority + 0.1, (accuracy, majority)
-    losses = [m["loss"] for m in read_metrics(str(tmp_path / "run")) if "loss" in m]
+    losses = [m["train/loss"] for m in read_metrics(str(tmp_path / "run")) if "train/loss" in m]
     assert losses[-1] < losses[0] - 0.1
 
 
@@ -278,10 +278,10 @@ def test_sigkill_then_rerun_gives_the_same_final_metrics(tmp_path, hf_dir, rte_f
         assert json.load(open(os.path.join(workdir, name))) == json.load(
             open(os.path.join(reference, name))
         ), name
-    ref = {m["step"]: m for m in read_metrics(reference) if "loss" in m}
-    got = {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
+    ref = {m["step"]: m for m in read_metrics(reference) if "train/loss" in m}
+    got = {m["step"]: m for m in read_metrics(workdir) if "train/loss" in m}
     assert sorted(got) == sorted(ref) == list(range(1, 13))
-    assert all(got[s]["loss"] == ref[s]["loss"] for s in ref)
+    assert all(got[s]["train/loss"] == ref[s]["train/loss"] for s in ref)
     assert (
         open(os.path.join(workdir, "predictions", "dev.tsv")).read()
         == open(os.path.join(reference, "predictions", "dev.tsv")).read()
@@ -322,6 +322,11 @@ def test_export_round_trip_matches_transformers(tmp_path, hf_dir, task, head, rt
     hf, info = getattr(transformers, head).from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert hf.config.num_labels == (1 if task == "stsb" else 2)
+    # id2label names the task's classes (what a transformers pipeline prints); STS-B is a score.
+    names = {"rte": ("entailment", "not_entailment"), "stsb": ("LABEL_0",)}[task]
+    assert hf.config.id2label == dict(enumerate(names)) and hf.config.label2id == {
+        n: i for i, n in enumerate(names)
+    }
     tok = AlbertTokenizer.from_pretrained(out)
     enc = tok(
         ["A man plays a guitar.", "Nobody is here"],
@@ -330,6 +335,7 @@ def test_export_round_trip_matches_transformers(tmp_path, hf_dir, task, head, rt
         return_tensors="np",
     )
     model, params = from_pretrained(out, head)
+    assert model.config.label_names == (names if task == "rte" else ())  # read back
     ours = model.apply(
         {"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
     ).logits
@@ -405,6 +411,9 @@ def test_bad_input_is_one_clear_line_and_destroys_nothing(finished_run, hf_dir, 
         f"--workdir={workdir}",
         f"--config.init_from={hf_dir}",
         "--config.max_seq_length=64",
+        # The drift gate runs first and would refuse the changed data_dir/init_from on this WORKDIR;
+        # past it, the bad input itself must be the one error line.
+        "--config.allow_config_change=true",
     ]
     if "squad" not in case:
         args.append(f"--config.data_dir={data_dir}")

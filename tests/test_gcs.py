@@ -195,7 +195,7 @@ def busy_storage(pattern: str, first: int):
 
 
 def _losses(metrics_text: str) -> dict[int, dict]:
-    return {m["step"]: m for m in map(json.loads, metrics_text.splitlines()) if "loss" in m}
+    return {m["step"]: m for m in map(json.loads, metrics_text.splitlines()) if "train/loss" in m}
 
 
 def _wait_for_checkpoint(workdir: epath.Path, proc: subprocess.Popen, log, timeout: float = 240) -> None:
@@ -212,7 +212,9 @@ def _wait_for_checkpoint(workdir: epath.Path, proc: subprocess.Popen, log, timeo
 
 def _warnings_and_errors(stderr: str) -> str:
     """The lines that say what happened (client libraries' retry tracebacks would fill any tail)."""
-    lines = [line for line in stderr.splitlines() if "unusable" in line or line.startswith(("error:", "W1", "E1"))]
+    lines = [
+        line for line in stderr.splitlines() if "unusable" in line or line.startswith(("error:", "W1", "E1"))
+    ]
     return "\n".join(lines)[-4000:]
 
 
@@ -285,7 +287,7 @@ def test_gs_workdir_killed_run_resumes_exactly_through_storage_errors(gcs, tmp_p
         got = _losses((workdir / "metrics.jsonl").read_text())
         assert sorted(got) == sorted(ref) == list(range(1, 13))
         for step in ref:
-            for key in ("loss", "mlm_loss", "sop_loss", "grad_norm"):
+            for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "train/grad_norm"):
                 assert got[step][key] == ref[step][key], (step, key, got[step][key], ref[step][key])
 
     assert_same_losses()
@@ -351,3 +353,46 @@ def test_fine_tuning_result_files_go_to_the_bucket(gcs):
     finetune._write_json(str(workdir), "summary.json", {"best": {"step": 3}})
     assert json.loads((workdir / "summary.json").read_text()) == {"best": {"step": 3}}
     assert not os.path.exists(os.path.join(os.getcwd(), "gs:"))
+
+
+def test_plot_export_and_save_pretrained_read_and_write_gs(gcs, tmp_path):
+    """A run in the bucket: `plot` draws it into the bucket, `export` writes the HF directory there
+    (save_pretrained and the tokenizer's), and what it wrote loads as the run's own params."""
+    from test_pretrain import small_config
+
+    from albert_jax import export, plot
+    from albert_jax.modeling import AlbertForPreTraining
+    from albert_jax.pretrained import from_pretrained
+    from albert_jax.training import pretrain
+
+    local = tmp_path / "run"
+    pretrain.run(
+        small_config(tmp_path, total_steps=2, log_every=1, eval_every=0, checkpoint_every=2), str(local)
+    )
+    workdir = epath.Path(gcs) / "exported-run"
+    for path in local.rglob("*"):
+        if path.is_file():
+            (workdir / path.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / path.relative_to(local)).write_bytes(path.read_bytes())
+    assert plot.main([str(workdir), "--out", str(workdir / "curves.png")]) == 0
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = epath.Path(gcs) / "exported-hf"
+    assert export.main([str(workdir), str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "spiece.model"}
+    downloaded = tmp_path / "hf"
+    downloaded.mkdir()
+    for path in out.iterdir():
+        (downloaded / path.name).write_bytes(path.read_bytes())
+    model, params = from_pretrained(str(downloaded), AlbertForPreTraining)
+    _, ours = from_pretrained(str(local), AlbertForPreTraining)
+    assert model.config.hidden_size == 64
+    for a, b in zip(jax_leaves(params), jax_leaves(ours)):
+        assert (a == b).all()
+    assert not os.path.exists(os.path.join(os.getcwd(), "gs:"))
+
+
+def jax_leaves(tree):
+    import jax
+    import numpy as np
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -649,3 +649,28 @@ def test_load_hf_asks_for_the_hub_config_and_split():
     assert examples == [glue.GlueExample(0, "p", "h", "contradiction")]
     glue.load_hf("ax", "test", load_dataset=fake_load_dataset)
     assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched"), ("nyu-mll/glue", "ax", "test")]
+
+
+@pytest.mark.parametrize(
+    "task,names",
+    [
+        # nyu-mll/glue's ClassLabel names, in label-id order (what HF checkpoints' id2label say).
+        ("cola", ("unacceptable", "acceptable")),
+        ("sst2", ("negative", "positive")),
+        ("mrpc", ("not_equivalent", "equivalent")),
+        ("qqp", ("not_duplicate", "duplicate")),
+        ("mnli", ("contradiction", "entailment", "neutral")),
+        ("rte", ("entailment", "not_entailment")),
+        ("stsb", ()),  # a score: HF's LABEL_0
+    ],
+)
+def test_label_names_for_an_exported_id2label(task, names):
+    from albert_jax.config import AlbertConfig
+
+    t = glue.GlueTask(task)
+    assert t.label_names == names and len(names) in (0, t.num_labels)
+    config = AlbertConfig(num_labels=t.num_labels, label_names=t.label_names)
+    hf = config.to_hf_dict()
+    assert hf["id2label"] == {str(i): n for i, n in enumerate(names or ("LABEL_0",))}
+    assert AlbertConfig.from_hf_dict(hf).label_names == names
+    assert AlbertConfig.from_hf_dict(hf, num_labels=5).label_names == ()  # a new head, its own classes

@@ -8,7 +8,6 @@ import socket
 import subprocess
 
 import pytest
-
 from test_pretrain import REPO, read_metrics
 
 
@@ -49,15 +48,17 @@ def test_two_processes_fine_tune_like_one(tmp_path):
     overrides = dict(total_steps=4, eval_every=2, checkpoint_every=2, batch_size=8, eval_batch_size=8)
     single = str(tmp_path / "single")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    subprocess.run(_cli(single, init, data_dir, **overrides), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        _cli(single, init, data_dir, **overrides), cwd=REPO, env=env, check=True, capture_output=True
+    )
 
     multi = str(tmp_path / "multi")
     _run_two_processes(_cli(multi, init, data_dir, **overrides))
-    a = [m for m in read_metrics(single) if "loss" in m]
-    b = [m for m in read_metrics(multi) if "loss" in m]
+    a = [m for m in read_metrics(single) if "train/loss" in m]
+    b = [m for m in read_metrics(multi) if "train/loss" in m]
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     for x, y in zip(a, b):
-        assert y["loss"] == pytest.approx(x["loss"], rel=2e-4), x["step"]
+        assert y["train/loss"] == pytest.approx(x["train/loss"], rel=2e-4), x["step"]
     for name in ("eval_results.json", "best.json"):
         assert open(os.path.join(multi, name)).read() == open(os.path.join(single, name)).read()
     for name, split in (("dev.tsv", "dev"), ("test.tsv", "test"), ("RTE.tsv", "test")):

@@ -352,7 +352,10 @@ def test_current_learning_rate_from_step():
 @pytest.mark.parametrize("name", ["lamb", "adamw"])
 def test_skip_nonfinite_matches_optax_apply_if_finite(name):
     """Same updates and the same state, field for field, as optax's wrapper over a run with NaN/inf steps."""
-    params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}, "LayerNorm": {"scale": jnp.ones(4)}}
+    params = {
+        "dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+        "LayerNorm": {"scale": jnp.ones(4)},
+    }
     inner, _ = optim.make_optimizer(name, 1e-2, total_steps=10, warmup_steps=2)
     ours, ref = optim.skip_nonfinite(inner), optax.apply_if_finite(inner, max_consecutive_errors=2**30)
     s_ours, s_ref = ours.init(params), ref.init(params)

@@ -11,10 +11,18 @@ from albert_jax import plot
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_metrics(workdir, records):
+def legacy(record):
+    """A record under the names runs wrote before `train/` and `eval/`: `loss`, `eval_x`, `dev/x`."""
+    return {
+        k.removeprefix("train/").replace("eval/dev/", "dev/").replace("eval/", "eval_"): v
+        for k, v in record.items()
+    }
+
+
+def write_metrics(workdir, records, names="current"):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.writelines(json.dumps(r if names == "current" else legacy(r)) + "\n" for r in records)
     return str(workdir)
 
 
@@ -25,35 +33,40 @@ def pretraining_records(steps=60, log_every=10, eval_every=30):
         out.append(
             {
                 "step": s,
-                "loss": 8.0 - 3 * t,
-                "mlm_loss": 7.3 - 3 * t,
-                "mlm_accuracy": 0.05 + 0.3 * t,
-                "sop_loss": 0.69 - 0.2 * t,
-                "sop_accuracy": 0.5 + 0.3 * t,
-                "learning_rate": 1e-3 * min(1.0, 5 * t) * (1 - t),
-                "grad_norm": 1.0,
-                "tokens_per_sec": 5000 + 1000 * t,
-                "steps_per_sec": 2.0,
+                "train/loss": 8.0 - 3 * t,
+                "train/mlm_loss": 7.3 - 3 * t,
+                "train/mlm_accuracy": 0.05 + 0.3 * t,
+                "train/sop_loss": 0.69 - 0.2 * t,
+                "train/sop_accuracy": 0.5 + 0.3 * t,
+                "train/learning_rate": 1e-3 * min(1.0, 5 * t) * (1 - t),
+                "train/grad_norm": 1.0,
+                "train/tokens_per_sec": 5000 + 1000 * t,
+                "train/steps_per_sec": 2.0,
             }
         )
         if s % eval_every == 0:
             out.append(
-                {"step": s, "eval_loss": 8.2 - 3 * t, "eval_mlm_accuracy": 0.28 * t, "eval_sop_accuracy": 0.6}
+                {"step": s, "eval/loss": 8.2 - 3 * t, "eval/mlm_accuracy": 0.28 * t, "eval/sop_accuracy": 0.6}
             )
     return out
 
 
 def finetune_records(seed, steps=20):
     out = [
-        {"step": s, "loss": 0.7 - s / (3 + seed) / steps, "learning_rate": 1e-5, "tokens_per_sec": 900}
+        {
+            "step": s,
+            "train/loss": 0.7 - s / (3 + seed) / steps,
+            "train/learning_rate": 1e-5,
+            "train/tokens_per_sec": 900,
+        }
         for s in range(2, steps + 1, 2)
     ]
     out += [
         {
             "step": s,
-            "dev/accuracy": 0.5 + 0.2 * s / steps / (1 + seed),
-            "dev/f1": 0.4 + 0.3 * s / steps,
-            "dev/total": 21,
+            "eval/dev/accuracy": 0.5 + 0.2 * s / steps / (1 + seed),
+            "eval/dev/f1": 0.4 + 0.3 * s / steps,
+            "eval/dev/total": 21,
         }
         for s in range(steps // 2, steps + 1, steps // 2)
     ]
@@ -66,8 +79,9 @@ def check_png(path):
     assert os.path.getsize(path) > 10_000
 
 
-def test_pretraining_run(tmp_path):
-    run = write_metrics(tmp_path / "tiny", pretraining_records())
+@pytest.mark.parametrize("names", ["current", "legacy"])
+def test_pretraining_run(tmp_path, names):
+    run = write_metrics(tmp_path / "tiny", pretraining_records(), names)
     fig = plot.plot_runs([run])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["Loss", "MLM / SOP accuracy", "Learning rate", "Throughput (tokens/s)"]
@@ -78,8 +92,9 @@ def test_pretraining_run(tmp_path):
     check_png(os.path.join(run, "metrics.png"))
 
 
-def test_two_finetuning_runs_overlay(tmp_path):
-    runs = [write_metrics(tmp_path / f"rte-{k}", finetune_records(k)) for k in (0, 1)]
+@pytest.mark.parametrize("names", ["current", "legacy"])
+def test_two_finetuning_runs_overlay(tmp_path, names):
+    runs = [write_metrics(tmp_path / f"rte-{k}", finetune_records(k), names) for k in (0, 1)]
     fig = plot.plot_runs(runs)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["Train loss", "dev/accuracy", "dev/f1"]  # counts such as dev/total are not curves
@@ -93,7 +108,7 @@ def test_two_finetuning_runs_overlay(tmp_path):
 def test_seed_runs_and_skipped_values(tmp_path):
     sweep = tmp_path / "sweep"
     records = finetune_records(0)
-    records[0]["loss"] = math.nan  # a non-finite step is left out, not plotted
+    records[0]["train/loss"] = math.nan  # a non-finite step is left out, not plotted
     for k in (0, 1):
         write_metrics(sweep / f"seed_{k}", records)
     with open(sweep / "seed_0" / "metrics.jsonl", "a") as f:

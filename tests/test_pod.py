@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from test_pretrain import REPO, cli_args, read_metrics
 
 # Long enough that a signal sent a few steps in arrives well before the end; checkpoints only where
@@ -32,7 +31,7 @@ RUN = dict(
     **{"mesh.data": 2, "mesh.fsdp": 4},
 )
 TIMEOUT = 300
-KEYS = ("loss", "mlm_loss", "sop_loss", "grad_norm")
+KEYS = ("train/loss", "train/mlm_loss", "train/sop_loss", "train/grad_norm")
 
 
 def _free_port() -> int:
@@ -84,7 +83,7 @@ def run(workdir: str, tmp_path, processes: int, **overrides) -> list[str]:
 
 
 def _losses(workdir: str) -> dict[int, dict]:
-    return {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
+    return {m["step"]: m for m in read_metrics(workdir) if "train/loss" in m}
 
 
 def _steps(workdir: str) -> list[int]:
@@ -264,15 +263,17 @@ def test_two_processes_match_one_and_agree_on_timed_checkpoints(references):
     _, refs = references
     assert_same_losses(refs[2], refs[1], exact=False)
     # Held-out metrics are over every host's rows: the baselines (counted on the host) equal exactly.
-    evals = [[m for m in read_metrics(w) if "eval_mlm_accuracy" in m] for w in (refs[1], refs[2])]
+    evals = [[m for m in read_metrics(w) if "eval/mlm_accuracy" in m] for w in (refs[1], refs[2])]
     assert [m["step"] for m in evals[0]] == [m["step"] for m in evals[1]] == [RUN["total_steps"]]
-    for key in ("eval_mlm_majority_accuracy", "eval_mlm_replaced_majority_accuracy"):
+    for key in ("eval/mlm_majority_accuracy", "eval/mlm_replaced_majority_accuracy"):
         assert evals[1][0][key] == evals[0][0][key], key
-    for key in ("eval_mlm_accuracy", "eval_sop_accuracy", "eval_mlm_loss"):
+    for key in ("eval/mlm_accuracy", "eval/sop_accuracy", "eval/mlm_loss"):
         assert evals[1][0][key] == pytest.approx(evals[0][0][key], rel=1e-5), key
     saved = _steps(refs[2])
     assert saved[-1] == RUN["total_steps"] and len(saved) == RUN["keep_checkpoints"], saved
-    assert saved[0] > 1 and any(step % RUN["checkpoint_every"] for step in saved[:-1]), saved  # not the interval
+    assert saved[0] > 1 and any(step % RUN["checkpoint_every"] for step in saved[:-1]), (
+        saved
+    )  # not the interval
     for step in saved:
         data = sorted(os.listdir(os.path.join(refs[2], "checkpoints", str(step), "data")))
         assert [f for f in data if f.endswith(".json")] == ["process_0-of-2.json", "process_1-of-2.json"]
@@ -301,12 +302,12 @@ def test_pod_checkpoints_export_and_fine_tune_on_one_device(references, tmp_path
     transformers loads each export and gives our outputs for the run's last parameters. Fine-tuning
     starts from the one-process run on one device."""
     import jax
+    from test_finetune import FIXTURES
+    from test_finetune import _cli as finetune_cli
 
     from albert_jax import from_pretrained
     from albert_jax.checkpoint import Checkpointer
     from albert_jax.modeling import AlbertForPreTraining
-    from test_finetune import FIXTURES
-    from test_finetune import _cli as finetune_cli
 
     tmp, refs = references
     ids = np.random.default_rng(0).integers(5, 1000, (2, 16))
@@ -318,7 +319,9 @@ def test_pod_checkpoints_export_and_fine_tune_on_one_device(references, tmp_path
         ours = model.apply({"params": params}, jax.numpy.asarray(ids), deterministic=True)
         np.testing.assert_allclose(np.asarray(ours.prediction_logits), hf_mlm, atol=1e-4)
         np.testing.assert_allclose(np.asarray(ours.sop_logits), hf_sop, atol=1e-4)
-        saved = Checkpointer(os.path.join(workdir, "checkpoints")).restore_params()  # host arrays, any topology
+        saved = Checkpointer(
+            os.path.join(workdir, "checkpoints")
+        ).restore_params()  # host arrays, any topology
         np.testing.assert_array_equal(
             np.asarray(params["albert"]["embeddings"]["word_embeddings"]["embedding"]),
             saved["albert"]["embeddings"]["word_embeddings"]["embedding"],

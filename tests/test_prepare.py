@@ -9,12 +9,12 @@ import sys
 import pytest
 from etils import epath
 from sentencepiece import sentencepiece_model_pb2
+from test_pretrain import REPO, SMALL, cli_args, read_metrics, small_config
 
 from albert_jax.data import prepare, pretraining, text
 from albert_jax.data.pretraining import TokenizedCorpus
 from albert_jax.tokenizer import train_tokenizer
 from albert_jax.training import pretrain
-from test_pretrain import REPO, SMALL, cli_args, read_metrics, small_config
 
 RUN = {
     "total_steps": 3,
@@ -92,7 +92,7 @@ def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypa
 
     ref = [{k: v for k, v in m.items() if not k.endswith("_per_sec")} for m in read_metrics(fly)]
     got = [{k: v for k, v in m.items() if not k.endswith("_per_sec")} for m in read_metrics(ready)]
-    assert [m["step"] for m in got if "loss" in m] == [1, 2, 3]
+    assert [m["step"] for m in got if "train/loss" in m] == [1, 2, 3]
     assert got == ref  # loss for loss, exactly
 
 

@@ -19,7 +19,8 @@ from albert_jax import optim
 from albert_jax import sharding as sharding_lib
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
-from albert_jax.training import pretrain, trainer
+from albert_jax.training import pretrain, summary
+from albert_jax.training import run as run_lib
 from configs import pretrain as pretrain_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,10 +88,10 @@ def test_tiny_run_learns(tmp_path):
     config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
     config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
     final = pretrain.run(config, workdir)
-    train = [m for m in read_metrics(workdir) if "loss" in m]
+    train = [m for m in read_metrics(workdir) if "train/loss" in m]
     assert train[0]["step"] == 10 and train[-1]["step"] == 500
     start = np.log(config.model.vocab_size)  # uniform prediction: 8.0 nats for 3000 pieces
-    assert train[-1]["mlm_loss"] < start - 1.5, (start, train[-1]["mlm_loss"])
+    assert train[-1]["train/mlm_loss"] < start - 1.5, (start, train[-1]["train/mlm_loss"])
     assert final["mlm_accuracy"] > 1.25 * final["mlm_majority_accuracy"], final
     assert 0 <= final["mlm_replaced_accuracy"] <= 1 and 0 < final["mlm_replaced_majority_accuracy"] < 1, final
     for key in (
@@ -104,7 +105,7 @@ def test_tiny_run_learns(tmp_path):
         "grad_norm",
         "tokens_per_sec",
     ):
-        assert key in train[-1]
+        assert "train/" + key in train[-1]
     # Run files: resolved config, model config, vocabulary, TensorBoard events, a final checkpoint.
     assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 500
     assert (
@@ -157,16 +158,16 @@ def _detokenized(setup, docs):
 
 
 def test_fill_mask_examples_are_held_out_sentences_masked_by_the_rule(embedded_setup):
-    examples = pretrain.fill_mask_examples(embedded_setup)
-    assert len(examples) == pretrain.NUM_FILL_MASK_EXAMPLES
-    assert examples == pretrain.fill_mask_examples(embedded_setup)  # deterministic
+    examples = summary.fill_mask_examples(embedded_setup)
+    assert len(examples) == summary.NUM_FILL_MASK_EXAMPLES
+    assert examples == summary.fill_mask_examples(embedded_setup)  # deterministic
     _, eval_docs = embedded_setup.corpus.document_split(embedded_setup.data_config.eval_fraction)
     held_out = _detokenized(embedded_setup, eval_docs)
     tok = embedded_setup.tokenizer
     for text, target in examples:
         word = target.removeprefix("▁")
         assert target.startswith("▁") and len(word) >= 4 and word.isalpha(), target
-        assert word not in pretrain._STOPWORDS
+        assert word not in summary._STOPWORDS
         assert text.replace("[MASK]", word) in held_out, text
         ids = tok(text, return_tensors="np")["input_ids"][0]
         assert list(ids).count(tok.mask_token_id) == 1, text
@@ -175,7 +176,7 @@ def test_fill_mask_examples_are_held_out_sentences_masked_by_the_rule(embedded_s
 def test_summary_prints_the_examples_and_counts_hits(embedded_setup, capsys, monkeypatch):
     """Every example's text, masked word and five guesses; the hit count matches the marked guesses.
     fill_mask is replaced by one that guesses right for every other example (its own test is elsewhere)."""
-    examples = pretrain.fill_mask_examples(embedded_setup)
+    examples = summary.fill_mask_examples(embedded_setup)
     answers = {text: target for text, target in examples}
     others = [("▁the", 0.3), (",", 0.2), ("▁", 0.1), ("▁a", 0.05)]
 
@@ -183,7 +184,7 @@ def test_summary_prints_the_examples_and_counts_hits(embedded_setup, capsys, mon
         right = list(answers).index(text) % 2 == 0
         return [([(answers[text], 0.01)] if right else [("▁of", 0.01)]) + others]
 
-    monkeypatch.setattr(pretrain.inference, "fill_mask", fake_fill_mask)
+    monkeypatch.setattr(summary.inference, "fill_mask", fake_fill_mask)
     final = {
         "mlm_accuracy": 0.25,
         "mlm_majority_accuracy": 0.05,
@@ -191,9 +192,9 @@ def test_summary_prints_the_examples_and_counts_hits(embedded_setup, capsys, mon
         "mlm_replaced_majority_accuracy": 0.0625,
         "sop_accuracy": 0.75,
     }
-    pretrain._print_summary(final, None, None, embedded_setup)
+    summary.print_summary(final, None, None, embedded_setup)
     lines = capsys.readouterr().out.splitlines()
-    n = pretrain.NUM_FILL_MASK_EXAMPLES
+    n = summary.NUM_FILL_MASK_EXAMPLES
     assert lines[:2] == [
         "held-out MLM accuracy 0.2500 (most-frequent-token baseline 0.0500), "
         "SOP accuracy 0.7500 (chance 0.5)",
@@ -230,15 +231,15 @@ def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
 
     continued = str(tmp_path / "continued")
     pretrain.run(small_config(tmp_path, init_from=start, **overrides), continued)
-    ref = [m for m in read_metrics(fresh) if "loss" in m]
-    got = [m for m in read_metrics(continued) if "loss" in m]
+    ref = [m for m in read_metrics(fresh) if "train/loss" in m]
+    got = [m for m in read_metrics(continued) if "train/loss" in m]
     assert [m["step"] for m in got] == [1, 2, 3]
     for a, b in zip(ref, got):
-        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+        np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-6)
 
     from_run = str(tmp_path / "from_run")
     pretrain.run(small_config(tmp_path, init_from=fresh, **overrides), from_run)
-    assert [m for m in read_metrics(from_run) if "loss" in m][0]["loss"] < ref[0]["loss"]
+    assert [m for m in read_metrics(from_run) if "train/loss" in m][0]["train/loss"] < ref[0]["train/loss"]
     # The model's shape and vocabulary come from init_from, whatever config.model says.
     assert (
         AlbertTokenizer.from_pretrained(from_run).fingerprint
@@ -278,11 +279,11 @@ def test_sigkill_then_rerun_reproduces_losses_bitwise(tmp_path):
     done = subprocess.run(cli_args(workdir, tmp_path, **overrides), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    ref = {m["step"]: m for m in read_metrics(reference) if "loss" in m}
-    got = {m["step"]: m for m in read_metrics(workdir) if "loss" in m}
+    ref = {m["step"]: m for m in read_metrics(reference) if "train/loss" in m}
+    got = {m["step"]: m for m in read_metrics(workdir) if "train/loss" in m}
     assert sorted(got) == sorted(ref) == list(range(1, 15))
     for step in ref:
-        for key in ("loss", "mlm_loss", "sop_loss", "grad_norm"):
+        for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "train/grad_norm"):
             assert got[step][key] == ref[step][key], (step, key, got[step][key], ref[step][key])
 
 
@@ -305,7 +306,7 @@ def _state_and_batch(grad_accum_seed=0, batch_size=8, seq=32, vocab=97):
     tx, schedule = optim.make_optimizer("lamb", 1e-3, total_steps=10, warmup_steps=1)
     tx = optim.skip_nonfinite(tx)
     mesh = sharding_lib.make_mesh()
-    state, _ = trainer.create_train_state(
+    state, _ = run_lib.create_train_state(
         lambda r: init_params(model, r, seq), model.apply, tx, mesh, sharding_lib.DEFAULT_RULES, 0
     )
     rng = np.random.default_rng(grad_accum_seed)
@@ -406,8 +407,8 @@ def test_diverging_run_stops_with_one_line_and_keeps_checkpoints(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "error: 3 consecutive steps had non-finite gradients" in proc.stderr
     metrics = read_metrics(workdir)
-    assert np.isfinite(metrics[0]["loss"]) and not np.isfinite(metrics[-1]["loss"])
-    assert metrics[-1]["nonfinite_total"] == 3
+    assert np.isfinite(metrics[0]["train/loss"]) and not np.isfinite(metrics[-1]["train/loss"])
+    assert metrics[-1]["train/nonfinite_total"] == 3
     saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert saved and max(saved) <= 3  # nothing saved once the streak was seen
 
@@ -483,8 +484,12 @@ def test_bad_input_is_one_clear_line_and_destroys_nothing(existing_run, case):
     args = cli_args(workdir, tmp, total_steps=4, warmup_steps=1) + extra
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith(("I1", "W1"))]
+    lines = [
+        line
+        for line in proc.stderr.strip().splitlines()
+        if line.strip() and not line.startswith(("I1", "W1"))
+    ]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert needle in proc.stderr, proc.stderr[-2000:]
-    assert len([l for l in lines if needle in l]) >= 1
+    assert len([line for line in lines if needle in line]) >= 1
     assert _snapshot(workdir) == before

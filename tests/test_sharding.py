@@ -8,10 +8,10 @@ import textwrap
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
+from test_pretrain import REPO, read_metrics, small_config
 
 from albert_jax import sharding as sharding_lib
 from albert_jax.training import pretrain
-from test_pretrain import REPO, read_metrics, small_config
 
 MESH_RUN = textwrap.dedent(
     """
@@ -22,6 +22,7 @@ MESH_RUN = textwrap.dedent(
     import pathlib
     from test_pretrain import small_config
     from albert_jax.training import pretrain, trainer
+    from albert_jax.training import run as run_lib
     from albert_jax import sharding as sharding_lib
     from albert_jax.modeling import AlbertForPreTraining, init_params
     from albert_jax import optim
@@ -36,7 +37,7 @@ MESH_RUN = textwrap.dedent(
     mesh = sharding_lib.make_mesh(2, 2, 2)
     model = AlbertForPreTraining(pretrain.model_config_from(config))
     tx, _ = optim.make_optimizer("lamb", 1e-3, total_steps=10, warmup_steps=1)
-    state, shardings = trainer.create_train_state(
+    state, shardings = run_lib.create_train_state(
         lambda r: init_params(model, r, 16), model.apply, tx, mesh, sharding_lib.DEFAULT_RULES, 0)
     q = state.params["albert"]["encoder"]["group_0"]["layer_0"]["attention"]["query"]["kernel"]
     emb = state.params["albert"]["embeddings"]["word_embeddings"]["embedding"]
@@ -64,11 +65,11 @@ def test_mesh_run_matches_single_device(tmp_path):
     assert info["query_shards"] == 8 and info["query_shard_shape"] == [32, 2, 16]  # [64, 4, 16] / (2, 2)
     assert info["embedding"] == str(P("tensor", None))
 
-    a = [m for m in read_metrics(single) if "loss" in m]
-    b = [m for m in read_metrics(meshed) if "loss" in m]
+    a = [m for m in read_metrics(single) if "train/loss" in m]
+    b = [m for m in read_metrics(meshed) if "train/loss" in m]
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
     for x, y in zip(a, b):
-        for key in ("loss", "mlm_loss", "sop_loss", "grad_norm"):
+        for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "train/grad_norm"):
             assert y[key] == pytest.approx(x[key], rel=2e-4), (x["step"], key)
 
 

@@ -40,7 +40,7 @@ def test_transient_errors(error):
         _Http(403),
         FileNotFoundError(errno.ENOENT, "No such file or directory"),
         OSError(errno.ENOSPC, "No space left on device"),
-        ValueError('OUT_OF_RANGE: Requested byte range [0, 85605) was not satisfied'),
+        ValueError("OUT_OF_RANGE: Requested byte range [0, 85605) was not satisfied"),
         ValueError("DATA_LOSS: Error decoding manifest"),
         ValueError("Expecting ',' delimiter: line 1 column 54 (char 53)"),
     ],

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from albert_jax import errors
 from albert_jax.data.pretraining import ChunkIndex, PretrainDataConfig, TokenizedCorpus, make_example
 
 __all__ = ["ExampleFn", "make_global_batch", "pretraining_dataset"]
@@ -102,19 +103,19 @@ def pretraining_dataset(
         fewer examples than one global batch.
     """
     if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        raise errors.ConfigError(f"split must be 'train' or 'eval', got {split!r}")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(
+        raise errors.ConfigError(
             f"global_batch_size={global_batch_size} must be a positive multiple of "
             f"process_count={process_count}"
         )
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+        raise errors.ConfigError(f"process_index={process_index} not in [0, {process_count})")
     chunks = corpus.chunks(cfg, split, seed)
     if len(chunks) < global_batch_size:
-        raise ValueError(
+        raise errors.ConfigError(
             f"the {split} split of {corpus.meta['source']} has {len(chunks)} examples at "
             f"seq_len={cfg.seq_len}, fewer than global_batch_size={global_batch_size}"
         )

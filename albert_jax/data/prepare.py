@@ -32,6 +32,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from albert_jax import errors
 from albert_jax.data.pretraining import FORMAT_VERSION, TokenizedCorpus
 from albert_jax.data.text import CorpusError, CorpusSpec, iter_documents, source_fingerprint
 from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
@@ -54,7 +55,7 @@ MANIFEST_VERSION = 1
 _VOCAB = "spiece.model"
 
 
-class PreparedCorpusError(ValueError):
+class PreparedCorpusError(errors.InputError):
     """A prepared corpus is missing, incomplete, or does not match the run's config."""
 
 
@@ -118,7 +119,7 @@ def prepare(config: ml_collections.ConfigDict, output: str) -> dict[str, Any]:
     """
     spec = corpus_spec(config.data)
     if config.init_from and config.data.tokenizer:
-        raise ValueError("init_from brings its own vocabulary; leave data.tokenizer empty")
+        raise errors.ConfigError("init_from brings its own vocabulary; leave data.tokenizer empty")
     if (epath.Path(output) / MANIFEST).exists():  # a rerun: only for the same corpus and vocabulary size
         vocab_size = None if config.init_from or config.data.tokenizer else config.model.vocab_size
         _check(f"--output={output}", _read_manifest(output), spec, vocab_size)

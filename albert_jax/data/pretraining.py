@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from albert_jax import errors
 from albert_jax.data.text import CorpusError, CorpusSpec, iter_documents, source_fingerprint
 
 __all__ = [
@@ -95,11 +96,11 @@ class PretrainDataConfig:
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
-            raise ValueError(f"seq_len must be at least 8, got {self.seq_len}")
+            raise errors.ConfigError(f"seq_len must be at least 8, got {self.seq_len}")
         if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            raise errors.ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_ngram < 1 or self.max_predictions < 1:
-            raise ValueError("max_ngram and max_predictions must be positive")
+            raise errors.ConfigError("max_ngram and max_predictions must be positive")
 
     @property
     def max_num_tokens(self) -> int:
@@ -156,15 +157,11 @@ class TokenInfo:
     def from_tokenizer(cls, tok: Tokenizer) -> TokenInfo:
         """Reads the special ids and word-start flags of ``tok``'s vocabulary."""
         pieces = tok.convert_ids_to_tokens(list(range(tok.vocab_size)))
-        return cls(
-            vocab_size=tok.vocab_size,
-            pad_id=tok.pad_token_id,
-            unk_id=tok.unk_token_id,
-            cls_id=tok.cls_token_id,
-            sep_id=tok.sep_token_id,
-            mask_id=tok.mask_token_id,
-            start_piece=np.array([is_start_piece(p) for p in pieces], dtype=bool),
-        )
+        ids = {
+            f"{name}_id": getattr(tok, f"{name}_token_id") for name in ("pad", "unk", "cls", "sep", "mask")
+        }
+        start_piece = np.array([is_start_piece(p) for p in pieces], dtype=bool)
+        return cls(vocab_size=tok.vocab_size, start_piece=start_piece, **ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +470,7 @@ class TokenizedCorpus:
     def chunks(self, cfg: PretrainDataConfig, split: str = "train", seed: int = 0) -> ChunkIndex:
         """The chunk index of a split: computed once per (cfg, split, seed), cached on disk."""
         if split not in ("train", "eval", "all"):
-            raise ValueError(f"split must be train, eval or all, got {split!r}")
+            raise errors.ConfigError(f"split must be train, eval or all, got {split!r}")
         key = (cfg.seq_len, cfg.short_seq_prob, cfg.eval_fraction if split != "all" else None, split, seed)
         if key in self._chunk_cache:
             return self._chunk_cache[key]

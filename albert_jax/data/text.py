@@ -42,6 +42,8 @@ from collections.abc import Iterable, Iterator
 
 from etils import epath
 
+from albert_jax import errors
+
 __all__ = [
     "MAX_DOCUMENT_PARAGRAPHS",
     "CorpusError",
@@ -61,7 +63,7 @@ _HF_LINE_BUILDERS = ("text", "bookcorpus", "bookcorpusopen")
 _HF_FILE_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 
 
-class CorpusError(ValueError):
+class CorpusError(errors.InputError):
     """A corpus source is missing, empty or unreadable (the message names the path)."""
 
 
@@ -95,9 +97,11 @@ class CorpusSpec:
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", "lines", "paragraphs"):
-            raise ValueError(f"CorpusSpec.format must be auto, lines or paragraphs, got {self.format!r}")
+            raise errors.ConfigError(
+                f"CorpusSpec.format must be auto, lines or paragraphs, got {self.format!r}"
+            )
         if self.dataset and self.tfds:
-            raise ValueError("CorpusSpec: set at most one of dataset and tfds")
+            raise errors.ConfigError("CorpusSpec: set at most one of dataset and tfds")
 
     @property
     def kind(self) -> str:

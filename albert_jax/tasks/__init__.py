@@ -20,17 +20,9 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     if name == "squad":
         from albert_jax.tasks.squad import SquadTask
 
-        return SquadTask(
-            config.version,
-            config.train_file or None,
-            config.predict_file or None,
-            doc_stride=config.doc_stride,
-            max_query_length=config.max_query_length,
-            n_best_size=config.n_best_size,
-            max_answer_length=config.max_answer_length,
-            qa_head=config.qa_head,
-            null_score_diff_threshold=config.null_score_diff_threshold,
-        )
+        keys = ("doc_stride", "max_query_length", "n_best_size", "max_answer_length", "qa_head")
+        options = {k: config[k] for k in (*keys, "null_score_diff_threshold")}
+        return SquadTask(config.version, config.train_file or None, config.predict_file or None, **options)
     if name == "race":
         from albert_jax.tasks.race import RaceTask
 

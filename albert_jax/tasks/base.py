@@ -17,11 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from albert_jax import errors
+
 # Inputs whose last axis is the sequence axis: the loop pads batches only as far as a length bucket.
 SEQUENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
+Arrays = dict[str, np.ndarray]  # host arrays by output name, one row per feature
+OutDir = str | os.PathLike | None  # where `evaluate` writes prediction files (None: nowhere)
 
-class DataError(ValueError):
+
+class DataError(errors.InputError):
     """A user's data file is missing, malformed or inconsistent; the message names file, row and fix."""
 
 
@@ -60,6 +65,12 @@ class Task(abc.ABC):
     def num_labels(self) -> int:
         """The head's `num_labels` (1 for regression, 2 for QA start/end)."""
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The classes' names, in label-id order, for an exported model's `id2label` (() when the
+        outputs are not named classes: regression, QA spans, multiple choice)."""
+        return ()
+
     @abc.abstractmethod
     def splits(self) -> dict[str, str]:
         """Split name -> role: "train", "eval" (scored) or "predict" (unlabelled, e.g. GLUE test)."""
@@ -84,12 +95,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(
-        self,
-        split: str,
-        examples: Sequence[Any],
-        features: Features,
-        outputs: dict[str, np.ndarray],
-        out_dir: str | os.PathLike | None,
+        self, split: str, examples: Sequence[Any], features: Features, outputs: Arrays, out_dir: OutDir
     ) -> dict[str, float]:
         """Scores one split with the official metric; `outputs` holds exactly one row per feature.
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
+from albert_jax import errors
+from albert_jax.tasks.base import Arrays, DataError, Features, OutDir, Task, cross_entropy
 
 LAYOUT_HINT = "the GLUE download script's layout (download_glue_data.py)"
 STSB_RANGE = (0.0, 5.0)
@@ -529,6 +530,12 @@ class GlueTask(Task):
         return len(self.spec.labels) or 1
 
     @property
+    def label_names(self) -> tuple[str, ...]:
+        """The Hub's ClassLabel names (SST-2: negative, positive), else the labels as the files write them."""
+        hub_name = {label: name for name, label in self.spec.hf_label_names.items()}
+        return tuple(hub_name.get(label, label) for label in self.spec.labels)
+
+    @property
     def regression(self) -> bool:
         return not self.spec.labels
 
@@ -564,7 +571,7 @@ class GlueTask(Task):
         else:
             pairs = [e.text_b for e in examples]
             if any(p is None for p in pairs) and not all(p is None for p in pairs):
-                raise ValueError("examples mix single sentences and sentence pairs")
+                raise errors.InputError("examples mix single sentences and sentence pairs")
             enc = tokenizer(
                 [e.text_a for e in examples],
                 None if pairs[0] is None else pairs,
@@ -609,13 +616,13 @@ class GlueTask(Task):
         split: str,
         examples: Sequence[GlueExample],
         features: Features,
-        outputs: dict[str, np.ndarray],
-        out_dir: str | os.PathLike | None,
+        outputs: Arrays,
+        out_dir: OutDir,
     ) -> dict[str, float]:
         """Scores an eval split; with `out_dir`, writes `{split}.tsv` (and a predict split's server file)."""
         predictions = self.predictions(outputs)
         if len(predictions) != len(examples) or len(features) != len(examples):
-            raise ValueError(
+            raise errors.InputError(
                 f"{split}: {len(predictions)} outputs and {len(features)} features "
                 f"for {len(examples)} examples"
             )
@@ -631,7 +638,7 @@ class GlueTask(Task):
             return {}
         labels = [e.label for e in examples]
         if any(label is None for label in labels):
-            raise ValueError(f"{split}: an eval split needs every example labelled")
+            raise errors.InputError(f"{split}: an eval split needs every example labelled")
         return metrics(self.name, predictions, labels)
 
     def degenerate(

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
+from albert_jax import errors
+from albert_jax.tasks.base import Arrays, DataError, Features, OutDir, Task, cross_entropy
 
 # CoNLL-2003 IOB tags in the order of HF eriktks/conll2003's `ner_tags` ClassLabel.
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
@@ -195,10 +196,10 @@ def ner_features(
     ignore) and `NerMeta`. `stride` is in sub-tokens (default: half of max_seq_length - 2)."""
     budget = max_seq_length - 2
     if budget < 1:
-        raise ValueError(f"max_seq_length must be at least 3 for NER, got {max_seq_length}")
+        raise errors.ConfigError(f"max_seq_length must be at least 3 for NER, got {max_seq_length}")
     stride = max(1, budget // 2) if stride is None else stride
     if stride < 1:
-        raise ValueError(f"stride must be positive, got {stride}")
+        raise errors.ConfigError(f"stride must be positive, got {stride}")
     distinct = list(dict.fromkeys(w for s in sentences for w in s.words))  # words repeat a lot
     pieces_of = dict(zip(distinct, tokenizer.encode_batch(distinct) if distinct else []))
     unk, cls, sep = tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -308,6 +309,10 @@ class NerTask(Task):
     def num_labels(self) -> int:
         return len(LABELS)
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(LABELS)
+
     def splits(self) -> dict[str, str]:
         roles = {"train": "train", "dev": "eval", "test": "eval"}
         if self.data_dir is None:
@@ -316,7 +321,7 @@ class NerTask(Task):
 
     def read(self, split: str) -> list[Sentence]:
         if split not in SPLIT_FILES:
-            raise ValueError(f"unknown NER split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
+            raise errors.ConfigError(f"unknown NER split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
         if self.data_dir is None:
             return load_hf(split)
         path = find_split_file(self.data_dir, split)
@@ -355,12 +360,7 @@ class NerTask(Task):
         return [[LABELS[int(i)] for i in w] for w in words]
 
     def evaluate(
-        self,
-        split: str,
-        examples: Sequence[Sentence],
-        features: Features,
-        outputs: dict[str, np.ndarray],
-        out_dir: str | os.PathLike | None,
+        self, split: str, examples: Sequence[Sentence], features: Features, outputs: Arrays, out_dir: OutDir
     ) -> dict[str, float]:
         pred = self.predictions(examples, features, outputs)
         gold = [list(s.tags) for s in examples]

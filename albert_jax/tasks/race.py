@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
+from albert_jax import errors
+from albert_jax.tasks.base import Arrays, DataError, Features, OutDir, Task, cross_entropy
 
 LEVELS = ("middle", "high")
 LETTERS = ("A", "B", "C", "D")
@@ -179,7 +180,7 @@ def race_features(
 ) -> Features:
     """Inputs [N, 4, T] int32 (T = max_seq_length) and `labels` [N] int32; meta is None."""
     if max_seq_length < 4:
-        raise ValueError(f"max_seq_length must be at least 4 for RACE, got {max_seq_length}")
+        raise errors.ConfigError(f"max_seq_length must be at least 4 for RACE, got {max_seq_length}")
     n = len(examples)
     ids = np.full((n, NUM_CHOICES, max_seq_length), tokenizer.pad_token_id, np.int32)
     mask = np.zeros((n, NUM_CHOICES, max_seq_length), np.int32)
@@ -234,7 +235,7 @@ class RaceTask(Task):
 
     def __init__(self, data_dir: str | None, max_qa_length: int = 128) -> None:
         if max_qa_length < 1:
-            raise ValueError(f"max_qa_length must be positive, got {max_qa_length}")
+            raise errors.ConfigError(f"max_qa_length must be positive, got {max_qa_length}")
         self.data_dir = data_dir
         self.max_qa_length = max_qa_length
 
@@ -253,7 +254,7 @@ class RaceTask(Task):
 
     def read(self, split: str) -> list[RaceExample]:
         if split not in HF_SPLITS:
-            raise ValueError(f"unknown RACE split {split!r}; expected one of {', '.join(HF_SPLITS)}")
+            raise errors.ConfigError(f"unknown RACE split {split!r}; expected one of {', '.join(HF_SPLITS)}")
         if self.data_dir is None:
             return load_hf(split)
         return read_race_dir(self.split_dir(split))
@@ -278,8 +279,8 @@ class RaceTask(Task):
         split: str,
         examples: Sequence[RaceExample],
         features: Features,
-        outputs: dict[str, np.ndarray],
-        out_dir: str | os.PathLike | None,
+        outputs: Arrays,
+        out_dir: OutDir,
     ) -> dict[str, float]:
         del features
         predictions = np.argmax(np.asarray(outputs["logits"]), axis=-1)  # [N]

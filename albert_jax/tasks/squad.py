@@ -31,7 +31,8 @@ import numpy as np
 import optax
 from etils import epath
 
-from albert_jax.tasks.base import DataError, Features, Task, cross_entropy
+from albert_jax import errors
+from albert_jax.tasks.base import Arrays, DataError, Features, OutDir, Task, cross_entropy
 from albert_jax.tasks.squad_head import AlbertForQuestionAnsweringV2
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def examples_from_hf(
 def load_hf(version: str, split: str) -> list[SquadExample]:
     """`datasets.load_dataset("rajpurkar/squad" | "rajpurkar/squad_v2", split=split)` as examples."""
     if version not in HF_DATASETS:
-        raise ValueError(f"SQuAD version must be one of {VERSIONS}, got {version!r}")
+        raise errors.ConfigError(f"SQuAD version must be one of {VERSIONS}, got {version!r}")
     import datasets  # only needed without local files
 
     name = HF_DATASETS[version]
@@ -300,7 +301,7 @@ def convert_examples_to_features(
         c_ids, c_offsets = context_cache[ex.context]
         max_tokens = max_seq_length - len(q_ids) - 3
         if max_tokens < 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"max_seq_length={max_seq_length} leaves no room for context after a {len(q_ids)}-token "
                 f"question; lower max_query_length ({max_query_length})"
             )
@@ -751,9 +752,9 @@ class SquadTask(Task):
     ):
         version = str(version)
         if version not in VERSIONS:
-            raise ValueError(f"SQuAD version must be one of {VERSIONS}, got {version!r}")
+            raise errors.ConfigError(f"SQuAD version must be one of {VERSIONS}, got {version!r}")
         if qa_head not in QA_HEADS:
-            raise ValueError(f"qa_head must be one of {QA_HEADS}, got {qa_head!r}")
+            raise errors.ConfigError(f"qa_head must be one of {QA_HEADS}, got {qa_head!r}")
         for name, value in (
             ("doc_stride", doc_stride),
             ("max_query_length", max_query_length),
@@ -761,7 +762,7 @@ class SquadTask(Task):
             ("max_answer_length", max_answer_length),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise errors.ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.version, self.train_file, self.predict_file = version, train_file, predict_file
         self.doc_stride, self.max_query_length = doc_stride, max_query_length
         self.n_best_size, self.max_answer_length = n_best_size, max_answer_length
@@ -787,7 +788,7 @@ class SquadTask(Task):
         elif split == "dev":
             path, hf_split = self.predict_file, "validation"
         else:
-            raise ValueError(f"unknown SQuAD split {split!r}; splits are {sorted(self.splits())}")
+            raise errors.ConfigError(f"unknown SQuAD split {split!r}; splits are {sorted(self.splits())}")
         training = split == "train"
         return read_squad(path, training) if path else load_hf(self.version, hf_split)
 
@@ -860,8 +861,8 @@ class SquadTask(Task):
         split: str,
         examples: Sequence[SquadExample],
         features: Features,
-        outputs: dict[str, np.ndarray],
-        out_dir: str | os.PathLike | None,
+        outputs: Arrays,
+        out_dir: OutDir,
     ) -> dict[str, float]:
         result = self.postprocess(examples, features, outputs)
         if out_dir:

@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 
 from albert_jax.config import AlbertConfig
-from albert_jax.modeling import AlbertWithHead, classifier_dropout, dense, layer_norm
+from albert_jax.modeling import AlbertWithHead, ModelOutput, classifier_dropout, dense, layer_norm
 
 Array = jax.Array
 _MASKED = -1e30  # the original's additive mask value
 
 
-@flax.struct.dataclass
-class QuestionAnsweringV2Output:
+@flax.struct.dataclass(kw_only=True)
+class QuestionAnsweringV2Output(ModelOutput):
     """Training (start_positions given): `start_logits`, `end_logits` [B, T] (masked, end teacher-forced).
     Inference: `start_top_log_probs`, `start_top_index` [B, K1]; `end_top_log_probs`, `end_top_index`
     [B, K1, K2] (row i: the ends for start i). Both: `start_logits` and `cls_logits` [B] (answerability
@@ -43,8 +43,6 @@ class QuestionAnsweringV2Output:
     start_top_index: Array | None = None
     end_top_log_probs: Array | None = None
     end_top_index: Array | None = None
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
 def _mask(logits: Array, p_mask: Array | None) -> Array:

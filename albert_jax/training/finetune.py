@@ -1,6 +1,6 @@
 """Fine-tuning: a task (head, loss, evaluator) wired into the one training loop of `trainer.py`.
 
-`run(config, workdir)` is what `train.py` calls. It reads and featurises every split (bad data fails
+`run(config, workdir)` is what `train.py` calls; the run's setup is `run.py`'s. It reads and featurises every split (bad data fails
 here, before WORKDIR is written), starts from `config.init_from` (an HF directory or a WORKDIR; the
 task head starts fresh), trains with `trainer.fit`, evaluates every `eval_every` steps, keeps the best
 checkpoint by the task's metric in WORKDIR/best, and writes eval_results.json (best), summary.json
@@ -16,24 +16,23 @@ import functools
 import json
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from albert_jax import pretrained
+from albert_jax import errors, pretrained
 from albert_jax import sharding as sharding_lib
 from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
 from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.data import finetuning as finetuning_data
-from albert_jax.data.loader import make_global_batch
-from albert_jax.modeling import HEADS, init_params
+from albert_jax.modeling import HEADS
 from albert_jax.tasks import DataError, Features, Task, make_task
 from albert_jax.tokenizer import AlbertTokenizer
+from albert_jax.training import run as run_lib
 from albert_jax.training import trainer
 
 log = logging.getLogger(__name__)
@@ -97,8 +96,42 @@ def make_loss(task: Task):
     return loss_fn, norm_fn
 
 
-def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {"loss": stats["loss_sum"] / jnp.maximum(stats["weight"], 1.0)}
+
+
+def predict(
+    predict_fn: Callable[[Any, Batch], dict[str, jax.Array]],
+    params: Any,
+    inputs: dict[str, np.ndarray],
+    *,
+    global_batch_size: int,
+    buckets: tuple[int, ...],
+    make_batch: Callable[[dict[str, np.ndarray]], Batch],
+    sequence_inputs: tuple[str, ...] = (),
+    token_outputs: tuple[str, ...] = (),
+    token_output_fill: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """`predict_fn(params, batch)` over every row of `inputs`: exactly one output row per input row.
+
+    The last batch is padded and its padding dropped; outputs named in `token_outputs` are padded
+    back along axis 1 to the inputs' full length (batches are cut to length buckets). `predict_fn`
+    must return replicated arrays, so every process gets every row.
+    """
+    full_length = inputs["input_ids"].shape[-1]
+    parts: dict[str, list[np.ndarray]] = {}
+    for local, valid in finetuning_data.eval_batches(
+        inputs, global_batch_size=global_batch_size, buckets=buckets, sequence_inputs=sequence_inputs
+    ):
+        out = jax.device_get(predict_fn(params, make_batch(local)))
+        for name, value in out.items():
+            value = np.asarray(value)[valid]
+            if name in token_outputs and value.shape[1] < full_length:
+                pad = [(0, 0)] * value.ndim
+                pad[1] = (0, full_length - value.shape[1])
+                value = np.pad(value, pad, constant_values=token_output_fill)
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 # --- resolving the config --------------------------------------------------------------------------
@@ -108,6 +141,7 @@ def _model_overrides(config: ml_collections.ConfigDict, task: Task) -> dict[str,
     """The recipe's dropout and the task's labels on top of the checkpoint's shape."""
     return dict(
         num_labels=task.num_labels,
+        label_names=task.label_names,
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.dropout,
         classifier_dropout_prob=config.classifier_dropout,
@@ -122,7 +156,9 @@ def load_model(
     overrides = _model_overrides(config, task)
     if config.init_from == "none":
         if not config.tokenizer:
-            raise ValueError("init_from=none trains from scratch and needs --config.tokenizer=spiece.model")
+            raise errors.ConfigError(
+                "init_from=none trains from scratch and needs --config.tokenizer=spiece.model"
+            )
         fields = {k: v for k, v in config.model.to_dict().items()}
         model_config = AlbertConfig(**{**fields, **overrides})
         tokenizer = AlbertTokenizer.from_pretrained(config.tokenizer)
@@ -130,7 +166,7 @@ def load_model(
         log.warning("init_from=none: every parameter starts fresh (no pretrained encoder)")
         return model_config, None, tokenizer
     if not config.init_from:
-        raise ValueError(
+        raise errors.ConfigError(
             "set --config.init_from to an HF directory or a pretraining WORKDIR (or init_from=none to train "
             "from scratch on purpose)"
         )
@@ -142,7 +178,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
     task = make_task(config)
     model_config, params, tokenizer = load_model(config, task, config.seed)
     if config.max_seq_length > model_config.max_position_embeddings:
-        raise ValueError(
+        raise errors.ConfigError(
             f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}"
         )
@@ -150,7 +186,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> FinetuneSetup:
     if not config.length_buckets:
         buckets = finetuning_data.default_buckets(config.max_seq_length)
     if buckets[0] < 1 or buckets[-1] != config.max_seq_length:
-        raise ValueError(
+        raise errors.ConfigError(
             f"length_buckets must lie in [1, max_seq_length={config.max_seq_length}], got {buckets}"
         )
     splits = [_read_split(task, name, role, tokenizer, config) for name, role in task.splits().items()]
@@ -238,32 +274,34 @@ class Evaluator:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Fine-tune (or resume) into `workdir`; returns the summary (best and last metrics)."""
-    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    trainer.check_batch_sizes(config, mesh)
+def run(
+    config: ml_collections.ConfigDict, workdir: str, *, defaults: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
+    """Fine-tune (or resume) into `workdir`; returns the summary (best and last metrics). `defaults`:
+    the config file's values without overrides, for resuming runs older than some keys
+    (`config_drift`)."""
     if config.num_seeds < 1:
-        raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
-    with trainer.claim_workdir(config, workdir):
+        raise errors.ConfigError(f"num_seeds must be >= 1, got {config.num_seeds}")
+    with run_lib.session(config, workdir, defaults) as ctx:
         setup = resolve(config, workdir)
-        trainer.prepare_workdir(config, workdir)
         if config.num_seeds == 1:
-            summary = run_seed(config, workdir, setup, mesh, config.seed)
+            summary = run_seed(ctx, workdir, setup, config.seed)
         else:
-            summary = _run_seeds(config, workdir, setup, mesh)
+            summary = _run_seeds(ctx, workdir, setup)
     if jax.process_index() == 0 and summary:
         _print_summary(setup.task, summary)
     return summary
 
 
-def _run_seeds(config, workdir: str, setup: FinetuneSetup, mesh) -> dict[str, Any]:
+def _run_seeds(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup) -> dict[str, Any]:
     """`num_seeds` runs in WORKDIR/seed_<k>; mean ± std of their best (and last) metrics."""
+    config = ctx.config
     runs, failed = {}, {}
     for k in range(config.num_seeds):
         seed = config.seed + k
         try:
-            summary = run_seed(config, workdir_lib.seed_dir(workdir, k), setup, mesh, seed)
-        except trainer.TrainingError as e:  # one diverged seed is a result, not the end of the sweep
+            summary = run_seed(ctx, workdir_lib.seed_dir(workdir, k), setup, seed)
+        except errors.TrainingError as e:  # one diverged seed is a result, not the end of the sweep
             log.error("seed %d failed: %s", seed, e)
             failed[seed] = str(e)
             continue
@@ -271,7 +309,7 @@ def _run_seeds(config, workdir: str, setup: FinetuneSetup, mesh) -> dict[str, An
             return {}
         runs[seed] = summary
     if not runs:
-        raise trainer.TrainingError(f"every seed failed: {failed}")
+        raise errors.TrainingError(f"every seed failed: {failed}")
     out = {
         "task": setup.task.name,
         "selection_metric": setup.task.selection_metric,
@@ -302,82 +340,62 @@ def _mean_std(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
     return out
 
 
-def run_seed(config, workdir: str, setup: FinetuneSetup, mesh, seed: int) -> dict[str, Any]:
+def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int) -> dict[str, Any]:
     """One fine-tuning run with `seed` (head init, data order, dropout); {} when preempted."""
-    task = setup.task
+    config, task = ctx.config, setup.task
     if seed == config.seed:
         model_config, params = setup.model_config, setup.init_params
     else:  # the head starts fresh from this seed
         model_config, params, _ = load_model(config, task, seed)
     head_cls = HEADS[task.head] if isinstance(task.head, str) else task.head
     model = head_cls(model_config)
-    rules = sharding_lib.rules_from_config(config.logical_axis_rules)
-    data_sharding = sharding_lib.batch_sharding(mesh, rules)
-    tx, schedule = trainer.make_tx(config)
-    if jax.process_index() == 0:
-        workdir_lib.write_run_files(workdir, config, model_config, head_cls.__name__, setup.tokenizer)
-    seq = setup.buckets[0]
-    state, state_sharding = trainer.create_train_state(
-        lambda rng: init_params(model, rng, seq), model.apply, tx, mesh, rules, seed, params=params
-    )
-    del params
-    log.info("model: %s parameters, head %s", f"{trainer.count_params(state.params):,}", head_cls.__name__)
-
-    loss_fn, norm_fn = make_loss(task)
-    step_fn = trainer.jit_train_step(
-        loss_fn,
-        norm_fn,
-        _summarise,
-        seed=seed,
-        schedule=schedule,
-        grad_accum_steps=config.grad_accum_steps,
-        state_sharding=state_sharding,
-        data_sharding=data_sharding,
-    )
-    make_batch = functools.partial(make_global_batch, sharding=data_sharding)
     predict_jit = jax.jit(
         lambda params, batch, task: task.outputs(_apply(task, model.apply, params, batch, True), batch),
         static_argnames="task",
-        out_shardings=sharding_lib.replicated(mesh),
+        out_shardings=sharding_lib.replicated(ctx.mesh),
     )
 
-    def predict(params, split: Split) -> dict[str, np.ndarray]:
-        return trainer.predict(
+    def predict_split(params, split: Split) -> dict[str, np.ndarray]:
+        return predict(
             functools.partial(predict_jit, task=split.task),
             params,
             split.features.inputs,
             global_batch_size=config.eval_batch_size,
             buckets=setup.buckets,
-            make_batch=make_batch,
+            make_batch=ctx.make_batch,
             sequence_inputs=split.task.sequence_inputs,
             token_outputs=split.task.token_outputs,
             token_output_fill=split.task.token_output_fill,
         )
 
-    train_it = iter(
-        finetuning_data.train_dataset(
+    loss_fn, norm_fn = make_loss(task)
+    evaluator = Evaluator(setup, predict_split, workdir)
+    job = run_lib.Job(
+        model=model,
+        model_config=model_config,
+        tokenizer=setup.tokenizer,
+        seed=seed,
+        init_seq_len=setup.buckets[0],
+        params=params,
+        loss_fn=loss_fn,
+        norm_fn=norm_fn,
+        summarise=summarise,
+        train_data=finetuning_data.train_dataset(
             setup.train.features.inputs,
             global_batch_size=config.batch_size,
             seed=seed,
             buckets=setup.buckets,
             sequence_inputs=task.sequence_inputs,
-        )
+        ),
+        evaluate=evaluator,
+        desc=task.name,
     )
-    evaluator = Evaluator(setup, predict, workdir)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        result = trainer.fit(
-            config,
-            workdir=workdir,
-            state=state,
-            step_fn=step_fn,
-            train_iter=train_it,
-            make_batch=make_batch,
-            evaluate=evaluator,
-            desc=task.name,
-        )
-        if result.preempted:
-            return {}
-        _predict_unlabelled(setup, predict, workdir, state_sharding)
+    del params
+    result = run_lib.train(ctx, workdir, job)
+    if result.preempted:
+        return {}
+    with ctx.activate():
+        _predict_unlabelled(setup, predict_split, workdir, result.state.params)
     summary = {
         "task": task.name,
         "seed": seed,
@@ -396,17 +414,14 @@ def run_seed(config, workdir: str, setup: FinetuneSetup, mesh, seed: int) -> dic
     return summary
 
 
-def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, state_sharding) -> None:
+def _predict_unlabelled(setup: FinetuneSetup, predict, workdir: str, like: Any) -> None:
     """Predictions of the best checkpoint for unlabelled splits (GLUE test → GLUE-server files)."""
     splits = setup.of_role("predict")
     best_dir = workdir_lib.path(workdir, workdir_lib.BEST)
     if not splits or not best_dir.is_dir():
         return
-    ckpt = Checkpointer(best_dir, every=1, keep=1, async_save=False)
-    try:
-        params = jax.device_put(ckpt.restore_params(), state_sharding.params)
-    finally:
-        ckpt.close()
+    shardings = jax.tree.map(lambda x: x.sharding, like)  # the trained parameters' placement
+    params = jax.device_put(Checkpointer(best_dir).restore_params(), shardings)
     out_dir = workdir_lib.path(workdir, workdir_lib.PREDICTIONS)
     for split in splits:
         outputs = predict(params, split)
@@ -434,5 +449,5 @@ def _print_summary(task: Task, summary: dict[str, Any]) -> None:
                 for split, m in entry.items()
             )
             print(f"{task.name} {kind} over seeds {summary['seeds']}: {line}")
-    for split, warning in (summary.get("degenerate") or {}).items():
+    for warning in (summary.get("degenerate") or {}).values():
         print(f"warning: {warning}")

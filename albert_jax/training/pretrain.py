@@ -12,7 +12,6 @@ import json
 import logging
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,17 +19,17 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from albert_jax import inference, pretrained
-from albert_jax import sharding as sharding_lib
+from albert_jax import errors, pretrained
 from albert_jax import workdir as workdir_lib
 from albert_jax.config import JAX_ONLY_FIELDS, AlbertConfig
 from albert_jax.data import prepare
-from albert_jax.data.loader import make_global_batch, pretraining_dataset
+from albert_jax.data.loader import pretraining_dataset
 from albert_jax.data.pretraining import PretrainDataConfig, TokenizedCorpus
 from albert_jax.data.text import CorpusSpec
-from albert_jax.modeling import AlbertForPreTraining, init_params
+from albert_jax.modeling import AlbertForPreTraining
 from albert_jax.tokenizer import AlbertTokenizer
-from albert_jax.training import trainer
+from albert_jax.training import run as run_lib
+from albert_jax.training import summary, trainer
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
@@ -98,7 +97,7 @@ def loss_norm(batch: Batch) -> dict[str, jax.Array]:
     }
 
 
-def _summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
     mlm_loss = stats["mlm_loss_sum"] / jnp.maximum(stats["mlm_weight"], 1.0)
     sop_loss = stats["sop_loss_sum"] / jnp.maximum(stats["sop_count"], 1.0)
     return {
@@ -120,7 +119,7 @@ def train_step(
     step = trainer.make_train_step(
         pretraining_loss,
         loss_norm,
-        _summarise,
+        summarise,
         seed=seed,
         schedule=schedule,
         grad_accum_steps=grad_accum_steps,
@@ -163,7 +162,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     init = None
     if config.init_from:
         if config.data.tokenizer:
-            raise ValueError(
+            raise errors.ConfigError(
                 "init_from brings its own vocabulary; leave data.tokenizer empty when continuing pretraining"
             )
         run_side = {k: getattr(model_config, k) for k in JAX_ONLY_FIELDS}  # the rest comes from init_from
@@ -171,24 +170,19 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
             config.init_from, "AlbertForPreTraining", seed=config.seed, **run_side
         )
     d = config.data
+    same_names = ("short_seq_prob", "masked_lm_prob", "max_ngram", "dynamic_masking", "eval_fraction")
     data_config = PretrainDataConfig(
-        seq_len=config.seq_len,
-        short_seq_prob=d.short_seq_prob,
-        masked_lm_prob=d.masked_lm_prob,
-        max_predictions=d.max_predictions_per_seq,
-        max_ngram=d.max_ngram,
-        dynamic_masking=d.dynamic_masking,
-        eval_fraction=d.eval_fraction,
+        seq_len=config.seq_len, max_predictions=d.max_predictions_per_seq, **{k: d[k] for k in same_names}
     )
     if config.seq_len > model_config.max_position_embeddings:
-        raise ValueError(
+        raise errors.ConfigError(
             f"seq_len={config.seq_len} exceeds model.max_position_embeddings={model_config.max_position_embeddings}"
         )
     spec = prepare.corpus_spec(d)
     cache_dir = prepare.default_cache_dir(d)
     if d.prepared:
         if d.tokenizer:
-            raise ValueError("data.prepared brings its own vocabulary; leave data.tokenizer empty")
+            raise errors.ConfigError("data.prepared brings its own vocabulary; leave data.tokenizer empty")
         tokenizer, corpus = prepare.load(d.prepared, spec, model_config.vocab_size, cache_dir)
         _check_same_vocabulary(tokenizer, loaded_tokenizer if init is not None else None, workdir, d.prepared)
         return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
@@ -211,7 +205,9 @@ def _check_same_vocabulary(
         (own, AlbertTokenizer(own) if own.exists() else None),
     ):
         if other is not None and other.fingerprint != tokenizer.fingerprint:
-            raise ValueError(f"data.prepared={prepared!r} was tokenized with another vocabulary than {name}")
+            raise errors.ConfigError(
+                f"data.prepared={prepared!r} was tokenized with another vocabulary than {name}"
+            )
 
 
 def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str) -> AlbertTokenizer:
@@ -226,112 +222,79 @@ def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir:
     return AlbertTokenizer(own)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Pretrain (or resume) into `workdir`; returns the final held-out metrics."""
-    # Cheap checks first: a bad mesh or batch size fails before any vocabulary or token cache is built.
-    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    trainer.check_batch_sizes(config, mesh)
-    with trainer.claim_workdir(config, workdir):
-        return _run(config, workdir, mesh)
+def run(
+    config: ml_collections.ConfigDict, workdir: str, *, defaults: ml_collections.ConfigDict | None = None
+) -> dict[str, float]:
+    """Pretrain (or resume) into `workdir`; returns the final held-out metrics. `defaults`: the config
+    file's values without overrides, for resuming runs older than some keys (`config_drift`)."""
+    with run_lib.session(config, workdir, defaults) as ctx:
+        setup = resolve(config, workdir)
+        model = AlbertForPreTraining(setup.model_config)
+        eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 
+        def evaluate_state(state: trainer.TrainState, step: int) -> dict[str, float]:
+            metrics = evaluate(eval_fn, state.params, setup, config, ctx.make_batch)
+            if metrics:
+                log.info(
+                    "step %d held-out: MLM accuracy %.4f (baseline %.4f), "
+                    "at replaced pieces %.4f (baseline %.4f), SOP accuracy %.4f",
+                    step,
+                    metrics["mlm_accuracy"],
+                    metrics["mlm_majority_accuracy"],
+                    metrics["mlm_replaced_accuracy"],
+                    metrics["mlm_replaced_majority_accuracy"],
+                    metrics["sop_accuracy"],
+                )
+            return metrics
 
-def _run(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict[str, float]:
-    setup = resolve(config, workdir)
-    trainer.prepare_workdir(config, workdir)
-    rules = sharding_lib.rules_from_config(config.logical_axis_rules)
-    model = AlbertForPreTraining(setup.model_config)
-    tx, schedule = trainer.make_tx(config)
-    # Everything is validated: only now is WORKDIR written.
-    if jax.process_index() == 0:
-        workdir_lib.write_run_files(
-            workdir, config, setup.model_config, "AlbertForPreTraining", setup.tokenizer
-        )
         data = {"source": setup.corpus_spec.describe(), "cache": setup.corpus.path}
-        workdir_lib.write_file(workdir_lib.path(workdir, workdir_lib.DATA), json.dumps(data, indent=2))
-    state, state_sharding = trainer.create_train_state(
-        lambda rng: init_params(model, rng, config.seq_len),
-        model.apply,
-        tx,
-        mesh,
-        rules,
-        config.seed,
-        params=setup.init_params,
-    )
-    log.info("model: %s parameters", f"{trainer.count_params(state.params):,}")
-
-    data_sharding = sharding_lib.batch_sharding(mesh, rules)
-    train_it = iter(
-        pretraining_dataset(
-            setup.corpus,
-            setup.data_config,
-            split="train",
-            global_batch_size=config.batch_size,
+        job = run_lib.Job(
+            model=model,
+            model_config=setup.model_config,
+            tokenizer=setup.tokenizer,
             seed=config.seed,
-            worker_count=config.data.worker_count,
-        )
-    )
-    step_fn = trainer.jit_train_step(
-        pretraining_loss,
-        loss_norm,
-        _summarise,
-        seed=config.seed,
-        schedule=schedule,
-        grad_accum_steps=config.grad_accum_steps,
-        state_sharding=state_sharding,
-        data_sharding=data_sharding,
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
-
-    def evaluate_state(state, step):
-        metrics = evaluate(eval_fn, state.params, setup, config, data_sharding)
-        if metrics:
-            log.info(
-                "step %d held-out: MLM accuracy %.4f (baseline %.4f), "
-                "at replaced pieces %.4f (baseline %.4f), SOP accuracy %.4f",
-                step,
-                metrics["mlm_accuracy"],
-                metrics["mlm_majority_accuracy"],
-                metrics["mlm_replaced_accuracy"],
-                metrics["mlm_replaced_majority_accuracy"],
-                metrics["sop_accuracy"],
-            )
-        return {f"eval_{k}": v for k, v in metrics.items()}
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        result = trainer.fit(
-            config,
-            workdir=workdir,
-            state=state,
-            step_fn=step_fn,
-            train_iter=train_it,
-            make_batch=lambda local: make_global_batch(local, data_sharding),
+            init_seq_len=config.seq_len,
+            params=setup.init_params,
+            loss_fn=pretraining_loss,
+            norm_fn=loss_norm,
+            summarise=summarise,
+            train_data=_dataset(setup, config, "train"),
             evaluate=evaluate_state,
             desc="pretrain",
+            run_files={workdir_lib.DATA: json.dumps(data, indent=2)},
         )
-    final_eval = {k.removeprefix("eval_"): v for k, v in result.last_eval.items()}
+        result = run_lib.train(ctx, workdir, job)
+    final_eval = result.last_eval
     if final_eval and jax.process_index() == 0:
-        _print_summary(final_eval, model, result.state.params, setup)
+        summary.print_summary(final_eval, model, result.state.params, setup)
     return final_eval
 
 
-def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> dict[str, float]:
+def _dataset(setup: PretrainSetup, config: ml_collections.ConfigDict, split: str) -> Any:
+    """The train (global batch_size, `data.worker_count` workers) or eval (eval_batch_size) pipeline."""
+    train = split == "train"
+    return pretraining_dataset(
+        setup.corpus,
+        setup.data_config,
+        split=split,
+        global_batch_size=config.batch_size if train else config.eval_batch_size,
+        seed=config.seed,
+        worker_count=config.data.worker_count if train else 0,
+    )
+
+
+def evaluate(eval_fn, params, setup: PretrainSetup, config, make_batch) -> dict[str, float]:
     """Held-out MLM/SOP loss and accuracy, plus the accuracy of always predicting the most frequent
     target token (the baseline the MLM accuracy must beat), over all masked positions and over those whose
     input piece was replaced (where only the context can tell the answer)."""
-    ds = pretraining_dataset(
-        setup.corpus,
-        setup.data_config,
-        split="eval",
-        global_batch_size=config.eval_batch_size,
-        seed=config.seed,
-    )
+    ds = _dataset(setup, config, "eval")
     totals: dict[str, float] = {}
     vocab = setup.model_config.vocab_size
     counts = np.zeros((2, vocab), np.int64)  # this process's masked targets: all, and at replaced pieces
     for i, local in enumerate(ds):
         if i >= config.eval_steps:
             break
-        stats = jax.device_get(eval_fn(params, make_global_batch(local, data_sharding)))
+        stats = jax.device_get(eval_fn(params, make_batch(local)))
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + float(v)
         ids, used = local["masked_lm_ids"], local["masked_lm_weights"] > 0
@@ -341,117 +304,7 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, data_sharding) -> di
         return {}
     if jax.process_count() > 1:  # each process saw only its rows of every batch: count over all of them
         counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
-    out = {k: float(v) for k, v in _summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
+    out = {k: float(v) for k, v in summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
     for key, found in zip(("mlm_majority_accuracy", "mlm_replaced_majority_accuracy"), counts):
         out[key] = float(found.max() / found.sum()) if found.sum() else 0.0
     return out
-
-
-# Function words never chosen as the masked word of a fill-mask example (guessing them shows little).
-_STOPWORDS = frozenset(
-    {
-        "also",
-        "been",
-        "both",
-        "does",
-        "each",
-        "from",
-        "have",
-        "into",
-        "itself",
-        "just",
-        "like",
-        "many",
-        "more",
-        "most",
-        "much",
-        "must",
-        "only",
-        "other",
-        "same",
-        "should",
-        "some",
-        "such",
-        "than",
-        "that",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "under",
-        "until",
-        "very",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "will",
-        "with",
-        "would",
-        "your",
-    }
-)
-NUM_FILL_MASK_EXAMPLES = 6
-
-
-def fill_mask_examples(setup: PretrainSetup, n: int = NUM_FILL_MASK_EXAMPLES) -> list[tuple[str, str]]:
-    """(text with one [MASK], the masked piece) for the first `n` held-out documents that have a sentence
-    of 8-40 pieces with a maskable word: a whole word of 4 or more letters that is one vocabulary piece and
-    not a stopword. Each document gives its first such sentence, with the middle maskable word masked."""
-    start_piece = setup.corpus.token_info.start_piece
-    out = []
-    for d in setup.corpus.document_split(setup.data_config.eval_fraction)[1]:
-        for i in setup.corpus.document_sentence_range(int(d)):
-            ids = setup.corpus.sentence(i).tolist()
-            pieces = setup.tokenizer.convert_ids_to_tokens(ids)
-            whole = [
-                j
-                for j, p in enumerate(pieces)
-                if p.startswith("▁")
-                and len(p) > 4
-                and p[1:].isascii()
-                and p[1:].isalpha()
-                and p[1:].lower() not in _STOPWORDS
-                and (j + 1 == len(ids) or start_piece[ids[j + 1]])
-            ]
-            if 8 <= len(pieces) <= 40 and whole:
-                j = whole[len(whole) // 2]
-                masked = pieces[:j] + ["▁[MASK]"] + pieces[j + 1 :]
-                out.append(("".join(masked).replace("▁", " ").strip(), pieces[j]))
-                break
-        if len(out) == n:
-            break
-    return out
-
-
-def _print_summary(final_eval, model, params, setup: PretrainSetup) -> None:
-    print(
-        f"held-out MLM accuracy {final_eval['mlm_accuracy']:.4f} "
-        f"(most-frequent-token baseline {final_eval['mlm_majority_accuracy']:.4f}), "
-        f"SOP accuracy {final_eval['sop_accuracy']:.4f} (chance 0.5)"
-    )
-    print(
-        "MLM accuracy where the input piece was replaced ([MASK] or random, so only the context tells): "
-        f"{final_eval['mlm_replaced_accuracy']:.4f} "
-        f"(baseline {final_eval['mlm_replaced_majority_accuracy']:.4f})"
-    )
-    examples = fill_mask_examples(setup)
-    print(f"fill-mask, {len(examples)} held-out sentences (top 5; * = the masked word):")
-    hits = 0
-    for text, target in examples:
-        try:
-            (cands,) = inference.fill_mask(model, params, setup.tokenizer, text)
-        except ValueError as e:  # e.g. the example is longer than the model's positions
-            print(f"  skipped: {e}")
-            continue
-        hits += any(p == target for p, _ in cands)
-        shown = ", ".join(f"{'*' if p == target else ''}{p.removeprefix('▁') or p} {q:.2f}" for p, q in cands)
-        print(f"  {text}\n    [MASK] = {target.removeprefix('▁')}: {shown}")
-    print(f"masked word in the top 5: {hits} of {len(examples)}")

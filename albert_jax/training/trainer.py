@@ -1,23 +1,17 @@
-"""The one training loop that pretraining and every fine-tuning task share.
+"""The one training loop that pretraining and every fine-tuning task share (set up by `run.py`).
 
-- `create_train_state`: `eval_shape → shardings → jit(init, out_shardings)`, or loaded parameters
-  placed straight into those shardings.
 - `make_train_step(loss_fn, …)`: a pure `train_step(state, batch) -> (state, metrics)` with gradient
-  accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optim.skip_nonfinite`).
-- `claim_workdir` / `prepare_workdir`: one live run per WORKDIR (run_lock.py), and a resume whose
-  config changed in ways the checkpoint cannot follow is refused (config_drift.py); both runs call
-  them before WORKDIR is written. Claiming also turns on the persistent compilation cache.
+  accumulation (one `lax.scan` over micro-batches) and the non-finite skip (`optim.skip_nonfinite`);
+  `jit_train_step` jits one with the state's and batch's shardings and donation.
 - `fit`: resume from the newest checkpoint that restores (damaged ones are set aside), step, read
-  metrics one step late, stop on a non-finite streak, save before fetching the next batch, evaluate
-  every `eval_every`, stop where every host agrees (preemption.py).
-- `predict`: one output row per example, the last partial batch padded and masked.
+  metrics one step late, stop on a non-finite streak, save, evaluate every `eval_every`, stop where
+  every host agrees (preemption.py). Metrics are `train/<name>` and the evaluator's `eval/…`.
 
-A task brings a loss, a head and an evaluator; it never copies the loop.
+A task brings a loss, a head and an evaluator (`run.Job`); it never copies the loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +21,6 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,150 +29,24 @@ import optax
 import tqdm
 from etils import epath
 from flax.training import train_state
-from jax.experimental import multihost_utils
-from jax.experimental.compilation_cache import compilation_cache
-from jax.sharding import Mesh
 
-from albert_jax import config_drift, optim, run_lock
-from albert_jax import sharding as sharding_lib
+from albert_jax import errors, optim
 from albert_jax import workdir as workdir_lib
 from albert_jax.checkpoint import Checkpointer
-from albert_jax.data import finetuning as finetuning_data
 from albert_jax.training import preemption
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
+# One metric naming for every task, in metrics.jsonl and TensorBoard: `train/<name>` for the step's
+# metrics, `eval/<name>` for the evaluator's (fine-tuning's names are `<split>/<metric>`).
+TRAIN_PREFIX, EVAL_PREFIX = "train/", "eval/"
 
 
 class TrainState(train_state.TrainState):
     """flax's TrainState (step, params, opt_state; apply_fn and tx static)."""
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (e.g. too many non-finite steps); the message says what was kept."""
-
-
-# --- the run directory ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def claim_workdir(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike) -> Iterator[None]:
-    """Holds WORKDIR's run lock for the block: a second run on it is refused with one line.
-
-    Only process 0 takes the lock (WORKDIR is shared); every process learns the outcome. A refused
-    run leaves WORKDIR as it was. Every run starts here, before anything compiles, so this is also
-    where the persistent compilation cache is turned on (`use_compilation_cache`).
-    """
-    use_compilation_cache(config.get("compilation_cache_dir", ""), workdir)
-    lock, error = None, None
-    if jax.process_index() == 0:
-        try:
-            lock = run_lock.RunLock(workdir)
-            lock.acquire()
-        except OSError as e:
-            lock, error = None, e
-    if jax.process_count() > 1:
-        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-        if not ok and error is None:
-            error = run_lock.WorkdirInUse(f"WORKDIR {workdir} could not be claimed (process 0 says why)")
-    if error is not None:
-        raise error
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-_CACHE_DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
-# Every compiled program is stored, however small or quick to compile, so that a restarted run
-# compiles nothing at all (JAX's default skips programs compiled in under a second).
-_CACHE_THRESHOLDS = {
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": -1,  # -1: no size limit
-}
-
-
-def use_compilation_cache(setting: str, workdir: workdir_lib.PathLike) -> str | None:
-    """Turns on JAX's persistent compilation cache; returns its directory (None: off).
-
-    `setting` is the config's `compilation_cache_dir`: "" keeps the cache in WORKDIR, "none" turns
-    it off, anything else is the directory. A `JAX_COMPILATION_CACHE_DIR` in the environment wins
-    (JAX reads it itself), as do the environment's settings of the thresholds. Only process 0
-    writes entries (JAX's rule); every process reads them.
-    """
-    if os.environ.get(_CACHE_DIR_ENV):
-        return os.environ[_CACHE_DIR_ENV]
-    path = (
-        None
-        if setting == "none"
-        else setting or os.fspath(workdir_lib.path(workdir, workdir_lib.COMPILATION_CACHE))
-    )
-    if jax.config.jax_compilation_cache_dir != path:
-        compilation_cache.set_cache_dir(path)
-        compilation_cache.reset_cache()  # JAX opens the cache once per process; reopen it at `path`
-    for name, value in _CACHE_THRESHOLDS.items():
-        if name.upper() not in os.environ:
-            jax.config.update(name, value)
-    return path
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Before WORKDIR is written: a resume may change only what `config_drift.RULES` allows."""
-    config_drift.check(config, workdir)
-
-
 # --- state -----------------------------------------------------------------------------------------
-
-
-def create_train_state(
-    init_params_fn: Callable[[jax.Array], Any],
-    apply_fn: Callable[..., Any],
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    rules: sharding_lib.Rules,
-    seed: int,
-    params: Any | None = None,
-) -> tuple[TrainState, Any]:
-    """`eval_shape → shardings → jit(init, out_shardings)`: the state is born sharded, never gathered.
-
-    `init_params_fn(rng)` returns params boxed with logical axis names; it fixes the shardings. With
-    `params` (host arrays of the same tree, e.g. loaded from an HF checkpoint), those are placed
-    straight into the shardings instead of a fresh initialisation. Returns the state (plain arrays)
-    and its sharding tree (for restore and for jit).
-    """
-
-    def boxed_state(rng):
-        return TrainState.create(apply_fn=apply_fn, params=init_params_fn(rng), tx=tx)
-
-    abstract = jax.eval_shape(boxed_state, jax.random.key(seed))
-    state_sharding = sharding_lib.logical_shardings(abstract, mesh, rules)
-    if params is not None:  # outside the mesh context: unboxing there would add sharding constraints
-        _check_same_tree(nn.unbox(abstract.params), params)
-        params = jax.device_put(params, state_sharding.params)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
-        if params is None:
-            init = jax.jit(lambda rng: nn.unbox(boxed_state(rng)), out_shardings=state_sharding)
-            state = init(jax.random.key(seed))
-        else:
-            create = jax.jit(
-                lambda p: TrainState.create(apply_fn=apply_fn, params=p, tx=tx), out_shardings=state_sharding
-            )
-            state = create(params)
-    return state, state_sharding
-
-
-def _check_same_tree(abstract: Any, params: Any) -> None:
-    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    if want.keys() != got.keys():
-        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-        raise ValueError(
-            f"loaded parameters do not match the model: missing {missing[:4]}, unexpected {extra[:4]}"
-        )
-    for k, a in want.items():
-        if tuple(np.shape(got[k])) != tuple(a.shape):
-            raise ValueError(f"loaded parameter {k} has shape {np.shape(got[k])}, the model needs {a.shape}")
 
 
 def abstract_like(state: Any) -> Any:
@@ -187,45 +54,12 @@ def abstract_like(state: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def make_tx(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The run's optimizer from the keys every config shares, wrapped so that non-finite steps are
-    skipped and counted (the loop decides when to give up)."""
-    tx, schedule = optim.make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        total_steps=config.total_steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm or None,
-    )
-    return optim.skip_nonfinite(tx), schedule
-
-
-def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Each (micro-)batch must split evenly over the data-parallel devices and the processes."""
-    replicas = mesh.shape["data"] * mesh.shape["fsdp"]
-    for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-        if size < 1 or size % replicas or size % jax.process_count():
-            raise ValueError(
-                f"{name}={size} must be divisible by the {replicas} data-parallel devices (mesh.data x mesh.fsdp) "
-                f"and the {jax.process_count()} processes"
-            )
-    if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * replicas):
-        raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by grad_accum_steps={config.grad_accum_steps} "
-            f"x {replicas} data-parallel devices"
-        )
-
-
 # --- the step --------------------------------------------------------------------------------------
 
 # loss_fn(params, apply_fn, batch, rng, norm) -> (loss, stats): `norm` comes from norm_fn(whole batch),
 # so micro-batch losses add up to exactly the whole batch's loss; `stats` are sums over rows.
 LossFn = Callable[[Any, Callable, Batch, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
+StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, jax.Array]]]
 
 
 def split_microbatches(batch: Batch, num: int) -> Batch:
@@ -233,7 +67,7 @@ def split_microbatches(batch: Batch, num: int) -> Batch:
 
     def split(x):
         if x.shape[0] % num:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num}")
+            raise errors.ConfigError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num}")
         return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
 
     return jax.tree.map(split, batch)
@@ -247,7 +81,7 @@ def make_train_step(
     seed: int,
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+) -> StepFn:
     """A pure `train_step(state, batch) -> (state, metrics)`, to be jitted with donation.
 
     Dropout's key is derived from (seed, step): no RNG lives in the state, so resume is exact. The
@@ -285,22 +119,10 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(
-    loss_fn: LossFn,
-    norm_fn: Callable[[Batch], Any],
-    summarise: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
-    *,
-    seed: int,
-    schedule: optax.Schedule,
-    grad_accum_steps: int,
-    state_sharding: Any,
-    data_sharding: Any,
-):
-    """`make_train_step`, jitted with the state's and batch's shardings and the state donated."""
+def jit_train_step(train_step: StepFn, state_sharding: Any, data_sharding: Any) -> StepFn:
+    """A `make_train_step` step, jitted with the state's and batch's shardings and the state donated."""
     return jax.jit(
-        make_train_step(
-            loss_fn, norm_fn, summarise, seed=seed, schedule=schedule, grad_accum_steps=grad_accum_steps
-        ),
+        train_step,
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, None),
         donate_argnums=0,
@@ -356,7 +178,7 @@ class MetricsSink:
                 self._lines.append(line)
                 workdir_lib.write_file(self.path, "".join(self._lines))
         except OSError as e:
-            raise OSError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
+            raise errors.StorageError(e.errno, f"writing {self.path} failed: {e.strerror or e}") from e
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
@@ -471,7 +293,7 @@ def fit(
     *,
     workdir: str,
     state: TrainState,
-    step_fn: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]],
+    step_fn: StepFn,
     train_iter: Iterator[dict[str, np.ndarray]],
     make_batch: Callable[[dict[str, np.ndarray]], Batch],
     evaluate: Callable[[TrainState, int], dict[str, float]] | None = None,
@@ -535,9 +357,11 @@ def fit(
                 agreement.saved()
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 last_eval, evaluated_at = evaluate(state, step), step
-                sink.write(step, last_eval)
+                sink.write(step, last_eval, prefix=EVAL_PREFIX)
             if decision.stop:
-                log.warning("stop requested (%s): saved step %d on every process, exiting", agreement.reason, step)
+                log.warning(
+                    "stop requested (%s): saved step %d on every process, exiting", agreement.reason, step
+                )
                 stopped = True
                 break
             batch = make_batch(next(train_iter)) if step < config.total_steps else None
@@ -550,7 +374,7 @@ def fit(
                 ckpt.save(step, state, train_iter, force=True)
             if evaluate is not None and evaluated_at != step:
                 last_eval = evaluate(state, step)
-                sink.write(step, last_eval)
+                sink.write(step, last_eval, prefix=EVAL_PREFIX)
         ok = True
     finally:
         if sink is not None:
@@ -568,50 +392,13 @@ def _report(pending, sink: MetricsSink, progress: Progress, config) -> int:
     if step % config.log_every == 0 or step == config.total_steps or streak:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics.update(throughput.rates(flops))
-        sink.write(step, metrics)
+        sink.write(step, metrics, prefix=TRAIN_PREFIX)
         progress.logged(step, metrics)
     if streak:
         log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
     if streak >= config.max_consecutive_nonfinite:
-        raise TrainingError(
+        raise errors.TrainingError(
             f"{streak} consecutive steps had non-finite gradients (last at step {step}); stopping. "
             f"The checkpoints in the workdir hold the last good state; lower learning_rate or check the data."
         )
     return streak
-
-
-# --- prediction ------------------------------------------------------------------------------------
-
-
-def predict(
-    predict_fn: Callable[[Any, Batch], dict[str, jax.Array]],
-    params: Any,
-    inputs: dict[str, np.ndarray],
-    *,
-    global_batch_size: int,
-    buckets: tuple[int, ...],
-    make_batch: Callable[[dict[str, np.ndarray]], Batch],
-    sequence_inputs: tuple[str, ...] = (),
-    token_outputs: tuple[str, ...] = (),
-    token_output_fill: float = 0.0,
-) -> dict[str, np.ndarray]:
-    """`predict_fn(params, batch)` over every row of `inputs`: exactly one output row per input row.
-
-    The last batch is padded and its padding dropped; outputs named in `token_outputs` are padded
-    back along axis 1 to the inputs' full length (batches are cut to length buckets). `predict_fn`
-    must return replicated arrays, so every process gets every row.
-    """
-    full_length = inputs["input_ids"].shape[-1]
-    parts: dict[str, list[np.ndarray]] = {}
-    for local, valid in finetuning_data.eval_batches(
-        inputs, global_batch_size=global_batch_size, buckets=buckets, sequence_inputs=sequence_inputs
-    ):
-        out = jax.device_get(predict_fn(params, make_batch(local)))
-        for name, value in out.items():
-            value = np.asarray(value)[valid]
-            if name in token_outputs and value.shape[1] < full_length:
-                pad = [(0, 0)] * value.ndim
-                pad[1] = (0, full_length - value.shape[1])
-                value = np.pad(value, pad, constant_values=token_output_fill)
-            parts.setdefault(name, []).append(value)
-    return {name: np.concatenate(values) for name, values in parts.items()}
