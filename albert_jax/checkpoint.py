@@ -355,9 +355,8 @@ class Checkpointer:
             )
             if jax.process_index() != 0:
                 continue
-            if (
-                self._on_object_store
-            ):  # no object is copied: the marker goes, so orbax no longer counts the step
+            # On an object store no object is copied: the marker goes, so orbax no longer counts the step.
+            if self._on_object_store:
                 body = {"step": step, "reason": why, "time": time.time()}
                 storage.retry(lambda r=record, b=body: r.write_text(json.dumps(b)), f"writing {record}")
                 marker = self.directory / str(step) / COMMIT_MARKER

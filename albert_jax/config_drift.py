@@ -40,6 +40,7 @@ _PREPARED = (
     "the prepared corpus was checked against the source and the vocabulary; the data is the same "
     "unless the corpus files changed between its preparation and this run's token cache"
 )
+_PREDATES = "WORKDIR's config predates this key; assuming its run used this value"
 _SKIPPED = (
     "the saved data position counts batches, so from here examples are skipped or repeated and the run "
     "no longer matches an uninterrupted one"
@@ -131,15 +132,7 @@ def changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] |
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
         if va is _ABSENT and vb is not _ABSENT:
             if d is None:
-                out.append(
-                    Change(
-                        key,
-                        va,
-                        vb,
-                        WARN,
-                        "WORKDIR's config predates this key; assuming its run used this value",
-                    )
-                )
+                out.append(Change(key, va, vb, WARN, _PREDATES))
                 continue
             if key in d and d[key] == vb:
                 continue  # that version ran with the behaviour today's default keeps

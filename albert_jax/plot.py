@@ -68,11 +68,12 @@ class Run:
 def current_name(key: str) -> str:
     """A metrics.jsonl key under today's names: older runs wrote `loss` (train), `eval_x`
     (pretraining's held-out) and `dev/x` (fine-tuning's evaluations)."""
-    if key == "step" or key.startswith(("train/", "eval/")):
+    train, held_out = workdir_lib.TRAIN_PREFIX, workdir_lib.EVAL_PREFIX
+    if key == "step" or key.startswith((train, held_out)):
         return key
     if key.startswith("eval_"):
-        return "eval/" + key.removeprefix("eval_")
-    return ("eval/" if "/" in key else "train/") + key
+        return held_out + key.removeprefix("eval_")
+    return (held_out if "/" in key else train) + key
 
 
 def _read_records(path: epath.Path) -> list[dict]:
@@ -118,17 +119,17 @@ def _finetune_panels(runs: Sequence[Run]) -> list[tuple[str, tuple]]:
             for run in runs
             for r in run.records
             for k in r
-            if k.startswith("eval/") and not k.endswith(_NOT_CURVES)
+            if k.startswith(workdir_lib.EVAL_PREFIX) and not k.endswith(_NOT_CURVES)
         }
     )
     return [("Train loss", (("train/loss", None, "-"),))] + [
-        (k.removeprefix("eval/"), ((k, None, "-"),)) for k in keys
+        (k.removeprefix(workdir_lib.EVAL_PREFIX), ((k, None, "-"),)) for k in keys
     ]
 
 
 def _marker(key: str) -> str | None:
     """Evaluations are sparse: points joined by a line."""
-    return "o" if key.startswith("eval/") else None
+    return "o" if key.startswith(workdir_lib.EVAL_PREFIX) else None
 
 
 def plot_runs(workdirs: Sequence[str]) -> Figure:

@@ -43,6 +43,9 @@ DATA = "data.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 METRICS = "metrics.jsonl"
+# One metric naming for every task, in metrics.jsonl and TensorBoard: `train/<name>` for the step's
+# metrics, `eval/<name>` for the evaluator's (fine-tuning's names are `<split>/<metric>`).
+TRAIN_PREFIX, EVAL_PREFIX = "train/", "eval/"
 EVAL_RESULTS = "eval_results.json"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions"

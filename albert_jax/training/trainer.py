@@ -37,9 +37,6 @@ from albert_jax.training import preemption
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
-# One metric naming for every task, in metrics.jsonl and TensorBoard: `train/<name>` for the step's
-# metrics, `eval/<name>` for the evaluator's (fine-tuning's names are `<split>/<metric>`).
-TRAIN_PREFIX, EVAL_PREFIX = "train/", "eval/"
 
 
 class TrainState(train_state.TrainState):
@@ -357,7 +354,7 @@ def fit(
                 agreement.saved()
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 last_eval, evaluated_at = evaluate(state, step), step
-                sink.write(step, last_eval, prefix=EVAL_PREFIX)
+                sink.write(step, last_eval, prefix=workdir_lib.EVAL_PREFIX)
             if decision.stop:
                 log.warning(
                     "stop requested (%s): saved step %d on every process, exiting", agreement.reason, step
@@ -374,7 +371,7 @@ def fit(
                 ckpt.save(step, state, train_iter, force=True)
             if evaluate is not None and evaluated_at != step:
                 last_eval = evaluate(state, step)
-                sink.write(step, last_eval, prefix=EVAL_PREFIX)
+                sink.write(step, last_eval, prefix=workdir_lib.EVAL_PREFIX)
         ok = True
     finally:
         if sink is not None:
@@ -392,7 +389,7 @@ def _report(pending, sink: MetricsSink, progress: Progress, config) -> int:
     if step % config.log_every == 0 or step == config.total_steps or streak:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics.update(throughput.rates(flops))
-        sink.write(step, metrics, prefix=TRAIN_PREFIX)
+        sink.write(step, metrics, prefix=workdir_lib.TRAIN_PREFIX)
         progress.logged(step, metrics)
     if streak:
         log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
