@@ -27,6 +27,15 @@ SUPPORTED_ACTIVATIONS = (
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # auto: cuDNN's fused attention on a GPU in bfloat16/float16, XLA's einsum attention otherwise.
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# Cross-layer sharing (Lan et al., 2019, Table 4) -> the blocks of a layer that every depth shares. A layer's
+# blocks: "attention" (query/key/value/dense and its LayerNorm) and "ffn" (ffn, ffn_output and
+# full_layer_layer_norm, the LayerNorm after the FFN's residual). "all" is HF's ALBERT (whole layer groups).
+SHARED_BLOCKS: dict[str, tuple[str, ...]] = {
+    "all": ("attention", "ffn"),
+    "attention": ("attention",),
+    "ffn": ("ffn",),
+    "none": (),
+}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Upper bounds that catch corrupt or hostile config.json files before init allocates for them; each is
 # far above any published model (ALBERT xxlarge: hidden 4096, 223M parameters).
@@ -57,6 +66,9 @@ class AlbertConfig:
     num_hidden_layers: int = 12
     num_hidden_groups: int = 1
     inner_group_num: int = 1
+    # Which blocks the layers share across depth (SHARED_BLOCKS); not an HF field: written to config.json
+    # only when not "all", and exported to HF only as "all" or "none" (`hf_equivalent`).
+    sharing: str = "all"
     num_attention_heads: int = 64
     intermediate_size: int = 16384
     hidden_act: str = "gelu_new"
@@ -116,7 +128,12 @@ class AlbertConfig:
                 )
             # The weight matrices, to within a few vectors: embeddings, the shared groups, pooler, heads.
             h, e, i = self.hidden_size, self.embedding_size, self.intermediate_size
-            layers = self.num_hidden_groups * self.inner_group_num * (4 * h * h + 2 * h * i)
+            shared = SHARED_BLOCKS.get(self.sharing, ()) if isinstance(self.sharing, str) else ()
+            copies = {  # how many copies of each block the parameters hold
+                block: self.num_hidden_groups if block in shared else self.num_hidden_layers
+                for block in ("attention", "ffn")
+            }
+            layers = self.inner_group_num * (copies["attention"] * 4 * h * h + copies["ffn"] * 2 * h * i)
             tables = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * e
             count = tables + e * h + layers + h * (h + e + self.num_labels)
             if count > _MAX_PARAMETERS:
@@ -144,6 +161,13 @@ class AlbertConfig:
         if not isinstance(self.remat_policy, str) or self.remat_policy not in REMAT_POLICIES:
             problems.append(
                 f"remat_policy {brief(self.remat_policy)} is not one of {', '.join(REMAT_POLICIES)}"
+            )
+        if not isinstance(self.sharing, str) or self.sharing not in SHARED_BLOCKS:
+            problems.append(f"sharing {brief(self.sharing)} is not one of {', '.join(SHARED_BLOCKS)}")
+        elif self.sharing != "all" and self.num_hidden_groups != 1:
+            problems.append(
+                f"sharing={self.sharing!r} needs num_hidden_groups=1, got {brief(self.num_hidden_groups)} "
+                "(layer groups split only sharing='all', HF's layout)"
             )
         if not isinstance(self.attention_impl, str) or self.attention_impl not in ATTENTION_IMPLS:
             problems.append(
@@ -199,8 +223,26 @@ class AlbertConfig:
 
     # --- HF config.json ------------------------------------------------------------------------
 
+    def hf_equivalent(self) -> "AlbertConfig":
+        """The same model in HF's terms, where whole layer groups are the only sharing: `sharing="none"` is
+        num_hidden_groups=num_hidden_layers. The partial variants have no HF layout: a ConfigError."""
+        if self.sharing == "all":
+            return self
+        if self.sharing == "none":
+            return self.replace(sharing="all", num_hidden_groups=self.num_hidden_layers)
+        shared, own = ("attention", "FFN") if self.sharing == "attention" else ("FFN", "attention")
+        raise errors.ConfigError(
+            f"sharing={self.sharing!r} cannot be exported to Hugging Face: HF's ALBERT shares whole layers "
+            f"or none, it has no layout for a shared {shared} with a per-layer {own}; use the run's "
+            "checkpoint (albert_jax.from_pretrained(WORKDIR)) instead"
+        )
+
     def to_hf_dict(self) -> dict[str, Any]:
+        """config.json's fields; `sharing` appears only when not "all" (transformers ignores it, so such a
+        dict describes the model to albert_jax only: `hf.save_pretrained` writes `hf_equivalent()`'s)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in JAX_ONLY_FIELDS}
+        if self.sharing == "all":
+            del d["sharing"]
         d.update(
             model_type="albert",
             architectures=["AlbertForPreTraining"],

@@ -13,7 +13,8 @@ the seed) and refused, so a new key needs a rule only when changing it mid-run i
 A key missing from an old WORKDIR's config.json was written before the key existed, so that run used
 that version's behaviour, which a new key's default keeps: it is no change when today's value is
 today's default (`defaults`, the config file without overrides), and a change from "(absent)"
-otherwise.
+otherwise. Keys in `PREDATES` are the exception: their absence means a behaviour older than every
+value they take today, which is a change.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ _PREPARED = (
     "unless the corpus files changed between its preparation and this run's token cache"
 )
 _PREDATES = "WORKDIR's config predates this key; assuming its run used this value"
+_ORIGINAL_RECIPE = (
+    "from before the original's example construction (per-chunk short targets, no random-document B, "
+    "chunks fixed per seed)"
+)
+# Keys whose absence from an old config.json means a behaviour that no value of theirs reproduces
+# today: (value shown for the old run). Resuming such a run changes its data, so it is refused.
+PREDATES: dict[str, str] = {
+    "data.sentence_objective": f"sop, {_ORIGINAL_RECIPE}",
+    "data.single_sentence_chunks": f"merge, {_ORIGINAL_RECIPE}",
+}
 _SKIPPED = (
     "the saved data position counts batches, so from here examples are skipped or repeated and the run "
     "no longer matches an uninterrupted one"
@@ -130,6 +141,8 @@ def changes(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] |
     out = []
     for key in sorted(a.keys() | b.keys()):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va is _ABSENT and vb is not _ABSENT and key in PREDATES:
+            va = PREDATES[key]
         if va is _ABSENT and vb is not _ABSENT:
             if d is None:
                 out.append(Change(key, va, vb, WARN, _PREDATES))

@@ -31,6 +31,7 @@ def export(workdir: str, out: str, step: int | None = None, best: bool = False) 
         raise errors.InputError(
             f"{workdir} trained a {head} head, which has no Hugging Face class to export to"
         )
+    config.hf_equivalent()  # a ConfigError, before any checkpoint is read, for a layout HF does not have
     directory = workdir_lib.path(workdir, workdir_lib.BEST if best else workdir_lib.CHECKPOINTS)
     ckpt = Checkpointer(directory, every=1, keep=1, async_save=False)
     try:

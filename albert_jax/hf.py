@@ -2,7 +2,9 @@
 
 The mapping between HF's state-dict keys and our parameter paths is the table `TABLE`: one row per
 tensor, with a transform (transpose for `nn.Linear`, transpose + reshape for the per-head attention
-kernels, identity for embeddings and LayerNorm). `params_from_hf` / `params_to_hf` apply it;
+kernels, identity for embeddings and LayerNorm). A parameter stacked over the layers (`sharing` other
+than "all") is one HF tensor per layer, in layer group i as HF's num_hidden_groups=num_hidden_layers
+has it; a block shared by every layer is group 0's. `params_from_hf` / `params_to_hf` apply it;
 `from_pretrained` / `save_pretrained` add the directories: a local one or a Hub id (`hub.local_dir`),
 whose weights `hf_files` reads (safetensors, sharded indexes, `pytorch_model.bin` without torch).
 """
@@ -25,7 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from albert_jax import errors, hub
-from albert_jax.config import AlbertConfig
+from albert_jax.config import SHARED_BLOCKS, AlbertConfig
 from albert_jax.hf_files import load_state_dict, to_numpy
 from albert_jax.modeling import HEADS, AlbertModel, init_params
 
@@ -72,10 +74,11 @@ def _norm(hf: str, ours: str):
 
 
 _HF_LAYER = "albert.encoder.albert_layer_groups.{g}.albert_layers.{j}"
-_OUR_LAYER = "albert/encoder/group_{g}/layer_{j}"
+_OUR_LAYER = "albert/encoder/{group}/layer_{j}"
 
 # (HF key, our path, transform), written for a head model; AlbertModel drops the `albert` prefix on
-# both sides. `{g}` is the layer group, `{j}` the layer inside it.
+# both sides. `{g}` is the layer group, `{j}` the layer inside it; `{group}` our module holding it
+# (`modeling.AlbertTransformer`: group_<g>, or `layers` and `shared`).
 TABLE: tuple[tuple[str, str, Transform], ...] = (
     _embedding("word_embeddings"),
     _embedding("position_embeddings"),
@@ -112,16 +115,32 @@ _TIED_OR_BUFFERS = frozenset(
 _OPTIONAL_BASE = ("albert/pooler/",)
 
 
-def _expand(config: AlbertConfig) -> dict[str, tuple[str, Transform]]:
-    """Our path (head-model form) -> (HF key, transform), for every group and inner layer."""
+class Row(NamedTuple):
+    """Where one of our parameters lives in HF's state dict: one key, or one per layer (`stacked`)."""
+
+    hf_keys: tuple[str, ...]
+    transform: Transform
+    stacked: bool = False
+
+
+def _expand(config: AlbertConfig) -> dict[str, Row]:
+    """Our path (head-model form) -> its Row, for every group (or layer) and inner layer."""
     rows = {}
+    shared = SHARED_BLOCKS[config.sharing]
     for hf, ours, transform in TABLE:
-        if "{g}" in hf:
-            for g in range(config.num_hidden_groups):
-                for j in range(config.inner_group_num):
-                    rows[ours.format(g=g, j=j)] = (hf.format(g=g, j=j), transform)
-        else:
-            rows[ours] = (hf, transform)
+        if "{g}" not in hf:
+            rows[ours] = Row((hf,), transform)
+            continue
+        block = "attention" if "/attention/" in ours else "ffn"
+        for j in range(config.inner_group_num):
+            if config.sharing == "all":
+                for g in range(config.num_hidden_groups):
+                    rows[ours.format(group=f"group_{g}", j=j)] = Row((hf.format(g=g, j=j),), transform)
+            elif block in shared:
+                rows[ours.format(group="shared", j=j)] = Row((hf.format(g=0, j=j),), transform)
+            else:
+                keys = tuple(hf.format(g=i, j=j) for i in range(config.num_hidden_layers))
+                rows[ours.format(group="layers", j=j)] = Row(keys, transform, stacked=True)
     return rows
 
 
@@ -177,17 +196,24 @@ def params_from_hf(
     state = _canonical(state_dict)
     params, missing, used, mismatched = {}, {}, set(), []
     for path, abstract in _abstract_params(module).items():
-        hf_key, transform = table[prefix + path]
-        if hf_key not in state:
-            missing[path] = hf_key
+        row = table[prefix + path]
+        absent = [k for k in row.hf_keys if k not in state]
+        if absent:
+            missing[path] = absent
             continue
-        x = to_numpy(state[hf_key])
-        expected = transform.hf_shape(abstract.shape)
-        if x.shape != expected:
-            mismatched.append(f"checkpoint tensor {hf_key!r} has shape {x.shape}, expected {expected}")
-            continue
-        params[path] = jnp.asarray(transform.to_ours(x, abstract.shape), dtype=abstract.dtype)
-        used.add(hf_key)
+        shape = abstract.shape[1:] if row.stacked else abstract.shape  # one layer's
+        slices = []
+        for hf_key in row.hf_keys:
+            x = to_numpy(state[hf_key])
+            expected = row.transform.hf_shape(shape)
+            if x.shape != expected:
+                mismatched.append(f"checkpoint tensor {hf_key!r} has shape {x.shape}, expected {expected}")
+                break  # one message per parameter, not one per layer
+            slices.append(row.transform.to_ours(x, shape))
+            used.add(hf_key)
+        if len(slices) == len(row.hf_keys):
+            value = np.stack(slices) if row.stacked else slices[0]
+            params[path] = jnp.asarray(value, dtype=abstract.dtype)
     if mismatched:
         raise errors.ConfigError(
             f"shape mismatch loading {module_cls.__name__} (check config.json and the overrides): "
@@ -195,8 +221,9 @@ def params_from_hf(
         )
     required = [
         hf
-        for path, hf in missing.items()
+        for path, keys in missing.items()
         if (prefix + path).startswith("albert/") and not (prefix + path).startswith(_OPTIONAL_BASE)
+        for hf in keys
     ]
     if required:
         shown = ", ".join(sorted(required)[:6]) + (", …" if len(required) > 6 else "")
@@ -225,7 +252,9 @@ def params_from_hf(
 
 
 def params_to_hf(module_or_config: nn.Module | AlbertConfig, params: Params) -> dict[str, np.ndarray]:
-    """Params (boxed or not) -> HF state dict with HF's exact key set (tied decoder weights omitted)."""
+    """Params (boxed or not) -> HF state dict with HF's exact key set (tied decoder weights omitted), for
+    `config.hf_equivalent()`. Under sharing="attention"/"ffn" the keys are HF's, but only group 0 holds
+    the shared block: albert_jax's own transit format (`pretrained.load`), which HF cannot load."""
     config = module_or_config if isinstance(module_or_config, AlbertConfig) else module_or_config.config
     flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
     head_model = any(path.startswith("albert/") for path in flat)
@@ -235,10 +264,12 @@ def params_to_hf(module_or_config: nn.Module | AlbertConfig, params: Params) -> 
         canonical = path if head_model else "albert/" + path
         if canonical not in table:
             raise ValueError(f"parameter {path} has no Hugging Face name (does the config match the params?)")
-        hf_key, transform = table[canonical]
-        if not head_model:
-            hf_key = hf_key.removeprefix("albert.")
-        out[hf_key] = np.ascontiguousarray(transform.to_hf(to_numpy(value)))
+        row = table[canonical]
+        value = to_numpy(value)
+        for i, hf_key in enumerate(row.hf_keys):
+            if not head_model:
+                hf_key = hf_key.removeprefix("albert.")
+            out[hf_key] = np.ascontiguousarray(row.transform.to_hf(value[i] if row.stacked else value))
     return out
 
 
@@ -273,9 +304,10 @@ def from_pretrained(
 def save_pretrained(path: str | os.PathLike, module: nn.Module, params: Params) -> None:
     """Write config.json and model.safetensors (local or gs://), which
     `transformers.<Class>.from_pretrained` loads cleanly."""
+    config = module.config.hf_equivalent()  # a ConfigError for a layout HF does not have
     directory = epath.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    config_dict = module.config.to_hf_dict()
+    config_dict = config.to_hf_dict()
     config_dict["architectures"] = [type(module).__name__]
     config_dict["dtype"] = module.config.param_dtype
     tensors = safetensors.numpy.save(params_to_hf(module, params), metadata={"format": "pt"})

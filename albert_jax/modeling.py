@@ -8,6 +8,7 @@ I intermediate size, V vocabulary, P masked positions. Parameter names mirror HF
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from albert_jax import errors
-from albert_jax.config import AlbertConfig
+from albert_jax.config import SHARED_BLOCKS, AlbertConfig
 
 Array = jax.Array
 
@@ -237,41 +238,91 @@ class AlbertAttention(nn.Module):
         return layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
 
 
-class AlbertLayer(nn.Module):
-    """Attention block, then the feed-forward block with its own residual LayerNorm."""
+class AlbertFFN(nn.Module):
+    """Feed-forward block and its residual LayerNorm. Inside a layer it shares the layer's scope, where HF
+    keeps its parameters (`layer_0/ffn`, `layer_0/ffn_output`, `layer_0/full_layer_layer_norm`)."""
 
     config: AlbertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool):
+    def __call__(self, a: Array, deterministic: bool) -> Array:
         cfg = self.config
-        a, weights = AlbertAttention(cfg, name="attention")(x, mask, deterministic, output_attentions)
         h = dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(a)  # 'BTH,HI->BTI'
         h = ACTIVATIONS[cfg.hidden_act](h)
         h = dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)  # 'BTI,IH->BTH'
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        out = layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
+        return layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
+
+
+BLOCKS = ("attention", "ffn")
+
+
+class AlbertLayer(nn.Module):
+    """Attention block, then the feed-forward block with its own residual LayerNorm.
+
+    The layer owns the parameters of `blocks`. Each other block runs on `shared[block]`, parameters that
+    the scan over depth passes in (`sharing="attention"`/`"ffn"`), or is skipped where none are given:
+    how `AlbertTransformer` creates the shared blocks' parameters at init.
+    """
+
+    config: AlbertConfig
+    blocks: tuple[str, ...] = BLOCKS
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool, output_attentions: bool, shared=None):
+        cfg = self.config
+        a, weights = x, None
+        if "attention" in self.blocks:
+            a, weights = AlbertAttention(cfg, name="attention")(x, mask, deterministic, output_attentions)
+        elif shared is not None:
+            a, weights = self._shared(
+                "attention", shared, x, mask, deterministic=deterministic, output_attentions=output_attentions
+            )
+        out = a
+        if "ffn" in self.blocks:
+            ffn = AlbertFFN(cfg)
+            nn.share_scope(self, ffn)  # HF's names: layer_<j>/ffn, not layer_<j>/AlbertFFN_0/ffn
+            out = ffn(a, deterministic)
+        elif shared is not None:
+            out = self._shared("ffn", shared, a, deterministic=deterministic)
         return nn.with_logical_constraint(out, ("batch", "length", "hidden")), weights
+
+    def _shared(self, name: str, shared, *args, deterministic: bool, **kwargs):
+        """Block `name` on its parameters in `shared` (a layer's tree), with this step's dropout key."""
+        if name == "attention":
+            cls, params = AlbertAttention, shared["attention"]
+        else:  # the FFN's parameters sit in the layer's scope, beside `attention`
+            cls, params = AlbertFFN, {k: v for k, v in shared.items() if k != "attention"}
+        rngs = {"dropout": self.make_rng("dropout")} if not deterministic and self.has_rng("dropout") else {}
+        return cls(self.config, parent=None).apply(
+            {"params": params}, *args, deterministic=deterministic, rngs=rngs, **kwargs
+        )
 
 
 class AlbertLayerGroup(nn.Module):
     """`inner_group_num` distinct layers; the unit that ALBERT shares across depth.
 
-    Written as a scan body: `(carry, mask) -> (carry, per-step outputs)`. The flags are module
-    attributes so that scan and remat see them as static.
+    Written as a scan body: `(carry, mask, shared) -> (carry, per-step outputs)`; `blocks` and `shared`
+    as in `AlbertLayer` (`shared` keyed `layer_<j>`). The flags are module attributes so that scan and
+    remat see them as static.
     """
 
     config: AlbertConfig
     deterministic: bool = True
     output_attentions: bool = False
     output_hidden_states: bool = False
+    blocks: tuple[str, ...] = BLOCKS
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array):
+    def __call__(self, x: Array, mask: Array, shared=None):
         states, weights = [], []
         for j in range(self.config.inner_group_num):
-            x, w = AlbertLayer(self.config, name=f"layer_{j}")(
-                x, mask, self.deterministic, self.output_attentions
+            x, w = AlbertLayer(self.config, self.blocks, name=f"layer_{j}")(
+                x,
+                mask,
+                self.deterministic,
+                self.output_attentions,
+                None if shared is None else shared[f"layer_{j}"],
             )
             states.append(x)
             weights.append(w)
@@ -282,7 +333,14 @@ class AlbertLayerGroup(nn.Module):
 
 
 class AlbertTransformer(nn.Module):
-    """E→H mapping, then layer i applies group int(i / (L / G)), as HF does."""
+    """E→H mapping, then the layers, by `config.sharing`:
+
+    - "all" (HF's ALBERT): layer i applies group int(i / (L / G)), each group's parameters broadcast
+      over its repetitions (`group_<g>/layer_<j>/…`).
+    - "none", "attention", "ffn": one scan over the L layers; each layer's own blocks are scanned
+      parameters, stacked on a leading "layers" axis (`layers/layer_<j>/…` [L, …]), and the shared
+      blocks (`shared/layer_<j>/…`, no layer axis) enter every step as a broadcast input.
+    """
 
     config: AlbertConfig
 
@@ -300,43 +358,66 @@ class AlbertTransformer(nn.Module):
             group_cls = nn.remat(
                 group_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
             )
-        repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
         flags = dict(
             deterministic=deterministic,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         all_states, all_weights = [x], []
-        for g in range(cfg.num_hidden_groups):
-            if cfg.scan_layers:
-                # variable_broadcast: one set of group parameters, reused at every repetition (ALBERT's sharing);
-                # only dropout gets a fresh key per step.
-                scanned = nn.scan(
-                    group_cls,
-                    variable_broadcast="params",
-                    split_rngs={"params": False, "dropout": True},
-                    in_axes=nn.broadcast,
-                    length=repeats,
-                )
-                x, (states, weights) = scanned(cfg, **flags, name=f"group_{g}")(x, mask)
-                # [repeats, inner, ...] -> one entry per layer application, in order.
-                if output_hidden_states:
-                    all_states.extend(states.reshape(-1, *states.shape[2:]))
-                if output_attentions:
-                    all_weights.extend(weights.reshape(-1, *weights.shape[2:]))
-            else:  # Unrolled: the same module called `repeats` times shares its parameters too.
-                group = group_cls(cfg, **flags, name=f"group_{g}")
-                for _ in range(repeats):
-                    x, (states, weights) = group(x, mask)
-                    if output_hidden_states:
-                        all_states.extend(states)
-                    if output_attentions:
-                        all_weights.extend(weights)
+        if cfg.sharing == "all":
+            repeats = cfg.num_hidden_layers // cfg.num_hidden_groups
+            for g in range(cfg.num_hidden_groups):
+                if cfg.scan_layers:
+                    # variable_broadcast: one set of group parameters, reused at every repetition (ALBERT's
+                    # sharing); only dropout gets a fresh key per step.
+                    scanned = nn.scan(
+                        group_cls,
+                        variable_broadcast="params",
+                        split_rngs={"params": False, "dropout": True},
+                        in_axes=nn.broadcast,
+                        length=repeats,
+                    )
+                    x, outputs = scanned(cfg, **flags, name=f"group_{g}")(x, mask)
+                    _extend(all_states, all_weights, outputs)
+                else:  # Unrolled: the same module called `repeats` times shares its parameters too.
+                    group = group_cls(cfg, **flags, name=f"group_{g}")
+                    for _ in range(repeats):
+                        x, outputs = group(x, mask)
+                        _extend(all_states, all_weights, jax.tree.map(lambda a: a[None], outputs))
+        else:
+            shared_blocks = SHARED_BLOCKS[cfg.sharing]
+            shared = None
+            if shared_blocks:
+                if self.is_initializing():  # creates shared/layer_<j>/<block>, read back just below
+                    AlbertLayerGroup(cfg, blocks=shared_blocks, name="shared")(x, mask)
+                shared = self.variables["params"]["shared"]
+            # variable_axes: each layer's own parameters, stacked on a leading "layers" axis. scan_layers=False
+            # unrolls the loop; the parameters stay the same.
+            scanned = nn.scan(
+                group_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.num_hidden_layers,
+                unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            own = tuple(b for b in BLOCKS if b not in shared_blocks)
+            x, outputs = scanned(cfg, **flags, blocks=own, name="layers")(x, mask, shared)
+            _extend(all_states, all_weights, outputs)
         return (
             x,
             tuple(all_states) if output_hidden_states else None,
             tuple(all_weights) if output_attentions else None,
         )
+
+
+def _extend(all_states: list, all_weights: list, outputs) -> None:
+    """Appends a scan's per-step (hidden states, attention weights), [steps, inner, ...] or None, one
+    entry per layer application, in order."""
+    for collected, stacked in zip((all_states, all_weights), outputs):
+        if stacked is not None:
+            collected.extend(stacked.reshape(-1, *stacked.shape[2:]))
 
 
 def check_inputs(
@@ -428,6 +509,10 @@ class AlbertModel(nn.Module):
         return nn.unbox(self.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
 
 
+# HF's call signature, `AlbertModel.__call__`'s, which every head takes too (`AlbertWithHead`).
+_ENCODER_CALL = inspect.signature(AlbertModel.__call__)
+
+
 # --- heads ---------------------------------------------------------------------------------------
 
 
@@ -490,26 +575,26 @@ class AlbertWithHead(nn.Module):
     choices: ClassVar[bool] = False
 
     @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        **head_inputs,
-    ):
-        inputs = (input_ids, attention_mask, token_type_ids, position_ids)
+    def __call__(self, *args, **kwargs):
+        """`AlbertModel.__call__`'s arguments, by position or name (HF's: input_ids, attention_mask,
+        token_type_ids, position_ids, deterministic, output_hidden_states, output_attentions), then the
+        head's own keyword arguments (`head`'s, e.g. `masked_lm_positions`)."""
+        head_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k not in _ENCODER_CALL.parameters}
+        call = _ENCODER_CALL.bind(self, *args, **kwargs)  # a TypeError for a wrong argument, as a def's
+        call.apply_defaults()
+        encoder_args = {k: v for k, v in call.arguments.items() if k != "self"}
+        inputs = [
+            encoder_args.pop(k) for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+        ]
+        shape = np.shape(inputs[0])
         if self.choices:
             check_inputs(self.config, *inputs, rank=3)
-            inputs = tuple(
+            inputs = [
                 None if a is None else jnp.reshape(a, (-1, np.shape(a)[-1])) for a in inputs
-            )  # 'BCT->(BC)T'
+            ]  # 'BCT->(BC)T'
         albert = AlbertModel(self.config, add_pooling_layer=self.pooling, name="albert")
-        out = albert(*inputs, deterministic, output_hidden_states, output_attentions)
-        fields = self.head(albert, out, deterministic, np.shape(input_ids), **head_inputs)
+        out = albert(*inputs, **encoder_args)
+        fields = self.head(albert, out, encoder_args["deterministic"], shape, **head_inputs)
         return self.output_cls(**fields, hidden_states=out.hidden_states, attentions=out.attentions)
 
 

@@ -30,13 +30,15 @@ from albert_jax import workdir as workdir_lib
 PRETRAIN_PANELS = (
     ("Loss", (("train/loss", "train", "-"), ("eval/loss", "held-out", "--"))),
     (
-        "MLM / SOP accuracy",
+        "MLM / sentence-objective accuracy",
         (
             ("train/mlm_accuracy", "MLM", "-"),
             ("train/sop_accuracy", "SOP", ":"),
+            ("train/nsp_accuracy", "NSP", ":"),
             ("eval/mlm_accuracy", "MLM held-out", "--"),
             ("eval/mlm_replaced_accuracy", "MLM held-out, replaced pieces", (0, (5, 1, 1, 1, 1, 1))),
             ("eval/sop_accuracy", "SOP held-out", "-."),
+            ("eval/nsp_accuracy", "NSP held-out", "-."),
         ),
     ),
     ("Learning rate", (("train/learning_rate", None, "-"),)),

@@ -1,8 +1,31 @@
-"""The ALBERT SentencePiece tokenizer, identical to the original google-research/albert one.
+"""The ALBERT SentencePiece tokenizer: identical to the original google-research/albert one on
+ordinary text.
 
-The reference is the original ALBERT ``tokenization.py`` as implemented by the *slow*
-``AlbertTokenizer`` of transformers 4.x (transformers 5's ``tokenizers`` port differs from it on
-real text, for example around user-defined symbols such as ``(``). Encoding a text does, in order:
+The original is ``tokenization.py`` as ``create_pretraining_data.py`` runs it
+(``preprocess_text``, then ``encode_pieces``). The reference this module is tested against is the
+*slow* ``AlbertTokenizer`` of transformers 4.x (transformers 5's ``tokenizers`` port differs from
+it on real text, for example around user-defined symbols such as ``(``). The two agree on
+ordinary text; in these four cases we follow HF's slow tokenizer, which is what the users of every
+hub checkpoint got from transformers 4.x:
+
+* **Literal special tokens.** ``<pad> <unk> [CLS] [SEP] [MASK]`` written in the text (in exactly
+  that case) become their ids, and ``[MASK]`` swallows the whitespace on its left. The original
+  has no such step: it lowercases them with the rest of the text (under do_lower_case) and
+  SentencePiece reads them as characters (``The [MASK] sat`` -> ``▁the ▁[ m as k ] ▁sat`` with the
+  test vocabulary).
+* **TeX quotes.** ````` and ``''`` become ``"``. The original's ``preprocess_text`` has no quote
+  rule and keeps them; HF's (taken from XLNet's) has it.
+* **Greek sigma.** Lowercasing goes character by character and comes before accent stripping, so
+  a word-final ``Σ`` becomes ``σ`` (the original's ``str.lower()`` gives ``ς``) and the lunate
+  ``Ϲ`` becomes ``ς`` (the original strips accents first, NFKD turns ``Ϲ`` into ``Σ``, and lowercasing
+  gives ``σ``, or ``ς`` word-finally).
+* **Digit + comma pieces.** A piece such as ``5,`` that does not start with ``▁`` is re-split as
+  ``5 ,``. The original means the same, but under Python 3 its test for the ``▁`` that
+  re-encoding the digits adds compares ``str`` with ``bytes`` and never holds, so it keeps that
+  ``▁``: ``25,`` is ``▁2 5 ,`` here and ``▁2 ▁ 5 ,`` there. A piece that starts with ``▁`` is
+  re-split the same way by both.
+
+Encoding a text does, in order:
 
 1. with ``do_lower_case``, lowercase every character except the literal special tokens
    (``<pad> <unk> [CLS] [SEP] [MASK]``), character by character as transformers 4.x does;
@@ -43,9 +66,11 @@ PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "<pad>", "<unk>", "[CLS
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 MODEL_FILE_NAME = "spiece.model"
 CONFIG_FILE_NAME = "tokenizer_config.json"
-# spm_train flags from the ALBERT README.
-ALBERT_CONTROL_SYMBOLS = "[CLS],[SEP],[MASK]"
-ALBERT_USER_DEFINED_SYMBOLS = '(,),",-,.,–,£,€'
+# spm_train flags from the ALBERT README, one symbol per item. They go to sentencepiece as lists:
+# a comma-joined string is parsed as CSV there, so its `"` would open a quoted field and leave
+# `(`, `)` and one junk piece `,-,.,–,£,€` instead of the eight symbols.
+ALBERT_CONTROL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
+ALBERT_USER_DEFINED_SYMBOLS = ("(", ")", '"', "-", ".", "–", "£", "€")
 
 # Literal special tokens in the text are split out before SentencePiece. None is a prefix of
 # another, so leftmost matching equals transformers' trie.
@@ -86,7 +111,9 @@ def _strip_accents(text: str) -> str:
 def _lower_per_char(text: str) -> str:
     """Lowercase character by character, as transformers 4.x does before splitting specials.
 
-    Differs from ``str.lower`` only for a word-final ``Σ`` (no final-sigma rule).
+    Differs from ``str.lower`` only for a word-final ``Σ`` (no final-sigma rule). Applied before
+    accent stripping, it also turns ``Ϲ`` into ``ς`` where the original gives ``σ`` (see the
+    module docstring).
     """
     return text.lower() if "Σ" not in text else "".join(c.lower() for c in text)
 
@@ -94,7 +121,11 @@ def _lower_per_char(text: str) -> str:
 def preprocess_text(
     text: str, *, remove_space: bool = True, lower: bool = True, keep_accents: bool = False
 ) -> str:
-    """ALBERT's ``preprocess_text``: collapse whitespace, normalise quotes, strip accents, lowercase."""
+    """HF's ``preprocess_text`` for ALBERT: collapse whitespace, turn ````` and ``''`` into ``"``,
+    strip accents unless ``keep_accents``, lowercase.
+
+    The original google-research/albert one has no quote rule and always strips accents.
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     out = " ".join(text.split()) if remove_space else text
@@ -225,9 +256,11 @@ class AlbertTokenizer:
         return ids
 
     def _resplit_pieces(self, piece: str) -> list[tuple[str, int, int]]:
-        """The reference's re-split of a piece ending in digit + ``,``, with offsets into its text.
+        """HF's re-split of a piece ending in digit + ``,``, with offsets into its text.
 
-        Offsets are relative to ``piece.replace("▁", "")``.
+        A piece that does not start with ``▁`` loses the ``▁`` that re-encoding its digits adds
+        (the original keeps it under Python 3; see the module docstring). Offsets are relative to
+        ``piece.replace("▁", "")``.
         """
         body = piece[:-1].replace(SPIECE_UNDERLINE, "")
         enc = self._sp.encode(body, out_type="offset_mapping")
@@ -967,9 +1000,10 @@ def train_tokenizer(
     """Train an ALBERT SentencePiece vocabulary; returns the path of ``{output_prefix}.model``.
 
     Uses the ALBERT README's spm_train flags (pad_id=0, unk_id=1, no bos/eos, control symbols
-    ``[CLS],[SEP],[MASK]``, user-defined symbols ``(,),",-,.,–,£,€``, unigram, character coverage
-    0.99995, shuffled input of at most 10M sentences) and passes the text through ALBERT's
-    preprocessing first, so the vocabulary matches what :meth:`AlbertTokenizer.encode` sees.
+    ``[CLS] [SEP] [MASK]``, the eight user-defined symbols ``( ) " - . – £ €``, each one piece,
+    unigram, character coverage 0.99995, shuffled input of at most 10M sentences) and passes the
+    text through the tokenizer's preprocessing first, so the vocabulary matches what
+    :meth:`AlbertTokenizer.encode` sees.
 
     The input is a path, a list of paths (UTF-8 text, one sentence per line), or any iterable of
     str sentences. A list counts as paths when an item is an ``os.PathLike``, or when every item is
@@ -995,8 +1029,8 @@ def train_tokenizer(
         "unk_id": 1,
         "bos_id": -1,
         "eos_id": -1,
-        "control_symbols": ALBERT_CONTROL_SYMBOLS,
-        "user_defined_symbols": ALBERT_USER_DEFINED_SYMBOLS,
+        "control_symbols": list(ALBERT_CONTROL_SYMBOLS),  # a list: sentencepiece CSV-encodes lists only
+        "user_defined_symbols": list(ALBERT_USER_DEFINED_SYMBOLS),
         "shuffle_input_sentence": shuffle_input_sentence,
         "input_sentence_size": input_sentence_size,
         "character_coverage": character_coverage,

@@ -18,7 +18,11 @@ compiles the same step with `scan_layers=False` (HF Flax's layout); `--compare h
 times transformers 4.x's `FlaxAlbertForPreTraining` in the same step (`hf_flax_step.py`, under the side
 python `--hf-flax-python` / $HF_FLAX_PYTHON). `--repeat N` compiles the compared steps N times,
 alternating sides, and keeps each side's fastest. The ratios are ours / theirs for tokens/s and
-theirs / ours for compile time. The last line is one JSON object. A benchmark, not a test.
+theirs / ours for compile time. After the step, the same invocation times the matmul ceiling: the
+step's counted matmuls alone at its shapes and dtype (`train_step_parts.matmul_ceiling`), reported as
+`matmul_ceiling_tflops` and `fraction_of_ceiling` (skip with `--no-ceiling`). `--tokens real` feeds
+batches of the data pipeline (`--corpus`, `--vocab`; fetched to host before timing) instead of uniform
+random ids. The last line is one JSON object. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
 from albert_jax.training import pretrain, trainer
 from albert_jax.training import run as run_lib
+
+try:  # run as a script: benchmarks/ is on sys.path; imported by hf_flax_step.py, which puts it there too
+    import train_step_parts
+except ImportError:  # imported as benchmarks.train_step
+    from benchmarks import train_step_parts
 
 COMPARE = ("hf-torch", "unrolled", "hf-flax")
 MAX_PREDICTIONS = 20  # per sequence at seq 128 (the paper's setting); scaled with seq_len
@@ -143,12 +152,15 @@ def optimizer_config(args) -> ml_collections.ConfigDict:
     )
 
 
-def time_steps(compiled: Any, state: Any, batch: Any, count: int) -> tuple[Any, list[float]]:
-    """Runs the compiled step `count` times, each timed to its metrics being ready."""
+def time_steps(
+    compiled: Any, state: Any, batch: Any, count: int, stream: list | None = None
+) -> tuple[Any, list[float]]:
+    """Runs the compiled step `count` times, each timed to its metrics being ready; on the batches of
+    `stream` in turn (already on the device) when given, else always on `batch`."""
     times = []
-    for _ in range(count):
+    for n in range(count):
         s = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, stream[n % len(stream)] if stream else batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - s)
     return state, times
@@ -164,8 +176,9 @@ def lower_and_compile(step: Any, *args: Any) -> tuple[Any, dict]:
     return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, "compile_time_s": t2 - t0}
 
 
-def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
-    """Compile and time the project's step; returns its numbers."""
+def measure_ours(cfg: AlbertConfig, args, batch_np: dict, stream_np: list[dict] | None = None) -> dict:
+    """Compile and time the project's step; returns its numbers. With `stream_np` (host batches), the
+    timed steps take those in turn, all put on the device before the first is timed."""
     mesh = sharding_lib.make_mesh()
     rules = sharding_lib.DEFAULT_RULES
     model = AlbertForPreTraining(cfg)
@@ -185,10 +198,11 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict) -> dict:
         data_sharding,
     )
     batch = jax.device_put(batch_np, data_sharding)
+    stream = jax.block_until_ready(jax.device_put(stream_np, data_sharding)) if stream_np else None
     with jax.set_mesh(mesh):
         compiled, compile_times = lower_and_compile(step, state, batch)
         state, times = time_steps(
-            compiled, state, batch, 0 if args.compile_only else args.warmup + args.steps
+            compiled, state, batch, 0 if args.compile_only else args.warmup + args.steps, stream
         )
         if args.profile and not args.compile_only:
             with jax.profiler.trace(args.profile):
@@ -425,6 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="", help="also trace 3 steps with jax.profiler into this directory")
     p.add_argument("--compile-only", action="store_true", help="compile and report XLA's memory; no steps")
     p.add_argument(
+        "--tokens",
+        default="uniform",
+        choices=("uniform", "real"),
+        help="uniform: random ids (default); real: batches of the data pipeline (fetched before timing)",
+    )
+    p.add_argument("--corpus", default="", help="--tokens real: corpus files (default: the embedded corpus)")
+    p.add_argument(
+        "--vocab",
+        default="",
+        help="--tokens real: SentencePiece model (default: the test fixture if its size is the model's, "
+        "else one trained on the corpus); the model's vocab_size follows it",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the matmul ceiling (the step's matmuls alone, at its shapes and dtype)",
+    )
+    p.add_argument(
         "--fit-memory",
         type=float,
         default=0.0,
@@ -444,6 +476,8 @@ def main() -> None:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
     if "hf-flax" in compare:
         check_hf_flax_python(p, args)
+        if args.tokens == "real":
+            p.error("--compare hf-flax feeds uniform random ids on its side; drop --tokens real")
     if args.compile_only and "hf-torch" in compare:
         p.error("--compare hf-torch times steps; drop --compile-only")
     if "hf-torch" in compare and args.optimizer != "adamw":
@@ -453,7 +487,19 @@ def main() -> None:
 
     cfg = model_config(args)
     predictions = predictions_per_sequence(args.seq_len)
-    batch = synthetic_batch(cfg, args.batch_size, args.seq_len, predictions)
+    stream, token_source = None, "uniform random ids"
+    if args.tokens == "real":
+        tok, vocab = train_step_parts.real_tokenizer(args.corpus, args.vocab, cfg.vocab_size)
+        if tok.vocab_size != cfg.vocab_size:
+            print(f"vocab_size {cfg.vocab_size} -> {tok.vocab_size} ({vocab})")
+            cfg = cfg.replace(vocab_size=tok.vocab_size)
+        # Fetched to host now: the timed steps do not wait on the input pipeline.
+        stream, corpus = train_step_parts.real_batches(
+            args.corpus, tok, args.batch_size, args.seq_len, predictions, args.warmup + args.steps
+        )
+        batch, token_source = stream[0], f"{corpus}, vocab {vocab}"
+    else:
+        batch = synthetic_batch(cfg, args.batch_size, args.seq_len, predictions)
     tokens = args.batch_size * args.seq_len
     flops = model_flops_per_step(cfg, args.batch_size, args.seq_len, predictions)
     print(
@@ -461,10 +507,11 @@ def main() -> None:
         f"layers {cfg.num_hidden_layers}  batch {args.batch_size}  seq {args.seq_len}  {args.dtype}  "
         f"remat {args.remat}  optimizer {args.optimizer}  attention {args.attention}"
         + ("  unrolled" if args.unrolled else "")
+        + f"  tokens {args.tokens} ({token_source})"
     )
     # HF Flax first: a side python that cannot run it fails before ours is measured.
     hf_flax = HfFlaxStep(args, hf_flax_argv(args)) if "hf-flax" in compare else None
-    ours = measure_ours(cfg, args, batch)
+    ours = measure_ours(cfg, args, batch, stream)
     # Compile times vary by tens of percent on a shared machine: compile the compared steps `--repeat`
     # times, alternating sides (each in its own warm process), and keep each side's fastest.
     compile_only = argparse.Namespace(**dict(vars(args), compile_only=True, profile=""))
@@ -482,6 +529,13 @@ def main() -> None:
     step_s = ours["step_time_s"]
     tflops = flops / step_s / 1e12 if step_s else None
     peak = peak_tflops(args)
+    # After the step (its state freed), so that the step's peak memory is its own.
+    ceiling = (
+        train_step_parts.matmul_ceiling(cfg, args.batch_size, args.seq_len, predictions)
+        if step_s and not args.no_ceiling
+        else {}
+    )
+    ceiling_tflops = ceiling.get("matmul_ceiling_tflops")
     peak_mem = ours["peak_device_bytes"] or ours["peak_rss_bytes"]
     result = {
         "preset": args.preset,
@@ -502,6 +556,11 @@ def main() -> None:
         "compile_repeats": args.repeat,
         "model_tflops_per_sec": tflops,
         "mfu": tflops / peak if peak and tflops else None,
+        "matmul_ceiling_tflops": ceiling_tflops,
+        "fraction_of_ceiling": tflops / ceiling_tflops if ceiling_tflops and tflops else None,
+        "matmul_ceiling_time_s": ceiling.get("matmul_ceiling_time_s"),
+        "tokens": args.tokens,
+        "vocab_size": cfg.vocab_size,
         # Measured: the device allocator's peak where there is one, else the process's peak RSS.
         "peak_memory_bytes": peak_mem,
         "peak_memory_kind": "device" if ours["peak_device_bytes"] else "process_rss",
@@ -520,6 +579,11 @@ def main() -> None:
             else ""
         )
         + (f"  MFU {result['mfu']:.1%}" if result["mfu"] else "")
+        + (
+            f"  matmul ceiling {ceiling_tflops:.3f} TFLOP/s -> {result['fraction_of_ceiling']:.1%} of it"
+            if ceiling_tflops
+            else ""
+        )
         + f"  peak memory {peak_mem / 2**30:.2f} GiB ({result['peak_memory_kind']})"
         + (
             f"  XLA step buffers {xla_peak / 2**30:.2f} GiB (temp {ours['xla_temp_bytes'] / 2**30:.2f})"

@@ -122,7 +122,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data.masked_lm_prob = 0.15
     c.data.max_predictions_per_seq = s["max_predictions_per_seq"]
     c.data.max_ngram = 3
-    c.data.dynamic_masking = True
+    c.data.favor_shorter_ngram = True  # P(n) ~ 1/n; false favours long n-grams (the original's flag)
+    c.data.whole_word_masking = True  # false: single pieces (the original's do_whole_word_mask)
+    # sop (ALBERT) | nsp (BERT's next-sentence prediction) | none (MLM only): the paper's Table 5.
+    c.data.sentence_objective = "sop"
+    # random_next (the original: B from a random other document, label 1) | merge (chunks of 2+ sentences)
+    c.data.single_sentence_chunks = "random_next"
+    c.data.dynamic_masking = True  # new chunks and masks every epoch
     c.data.eval_fraction = s["eval_fraction"]
     c.data.worker_count = 0  # grain worker processes
 

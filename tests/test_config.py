@@ -60,9 +60,12 @@ PUBLISHED = {
     name: {**PUBLISHED_COMMON, **dict(zip(PUBLISHED_COLUMNS, row))} for name, row in PUBLISHED_ROWS.items()
 }
 NOOP_KNOBS = {"down_scale_factor": 1, "gap_size": 0, "net_structure_type": 0, "num_memory_blocks": 0}
-# Every AlbertConfig field that config.json carries (num_labels is written as id2label).
+# Every AlbertConfig field that HF's config.json carries (num_labels is written as id2label; `sharing`,
+# not an HF field, only when not "all": tests/test_sharing.py).
 HF_FIELDS = sorted(
-    {f.name for f in dataclasses.fields(AlbertConfig)} - set(JAX_ONLY_FIELDS) - {"num_labels", "label_names"}
+    {f.name for f in dataclasses.fields(AlbertConfig)}
+    - set(JAX_ONLY_FIELDS)
+    - {"num_labels", "label_names", "sharing"}
 )  # HF: id2label
 PRESET_NAMES = [f"{size}-{v}" for size in PRESETS for v in ("v1", "v2")]
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import re
 import shutil
+import textwrap
 
 import pytest
 
+from albert_jax.data import text as text_lib
 from albert_jax.data.text import CorpusError, CorpusSpec, iter_documents, source_fingerprint, split_sentences
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -303,3 +306,134 @@ def test_grimm_book():
     assert "In old times, when wishing was having, there lived a King whose daughters" in text
     assert len(docs) > 50
     assert sum(len(d) for d in docs) > 3000
+
+
+# --- format="auto": the layout is decided from evidence across the file, never from its head alone.
+
+_NOUNS = ["king", "miller", "fox", "river", "tailor", "queen", "giant", "well"]
+
+
+def _original_layout(n_docs: int, n_sentences: int) -> str:
+    """Documents in the layout of the original's create_pretraining_data.py: one sentence per line,
+    a blank line between documents."""
+    docs = []
+    for d in range(n_docs):
+        docs.append(
+            "\n".join(
+                f"The {_NOUNS[(d + i) % 8]} of tale {d} went to the {_NOUNS[i % 8]}, and it was day {i}."
+                if i % 3
+                else f"“Where is the {_NOUNS[d % 8]}?” asked the old woman of tale {d}."
+                for i in range(n_sentences)
+            )
+        )
+    return "\n\n".join(docs) + "\n"
+
+
+def _front_matter() -> str:
+    """600+ lines of a book's front matter: title page, many short title lines, a long contents."""
+    title = ["GRIMM’S FAIRY TALES", "EDITED BY", "FRANCES JENKINS OLCOTT", "", "Illustrated By", "Rie Cramer"]
+    contents = ["CONTENTS", ""] + [
+        f"CHAPTER {i}. THE {_NOUNS[i % 8].upper()} AND THE {i}TH WISH {i * 7}" for i in range(300)
+    ]
+    titles = [f"Plate {i}: The {_NOUNS[i % 8]} at the door" for i in range(300)]
+    return "\n".join(title + [""] + contents + [""] + titles) + "\n\n"
+
+
+def test_auto_reads_original_layout_after_long_front_matter(tmp_path):
+    """The head (600+ lines) is all front matter, yet the file is read as one sentence per line."""
+    front = _front_matter()
+    assert front.count("\n") > 600
+    path = _write(tmp_path / "book.txt", front + _original_layout(40, 6))
+    docs = list(iter_documents(CorpusSpec(files=path)))
+    assert docs == list(iter_documents(CorpusSpec(files=path, format="lines")))
+    body = docs[-40:]
+    assert [len(d) for d in body] == [6] * 40
+    assert body[0][0] == "“Where is the king?” asked the old woman of tale 0."
+    front_lines = [line for line in front.splitlines() if line]
+    assert len(docs) == 40 + 5  # the front matter's five blocks are documents too, as in the original
+    assert sum(map(len, docs)) == 40 * 6 + len(front_lines) == 846
+
+
+def _wrapped_prose(width: int) -> str:
+    paragraphs = []
+    for p in range(30):
+        sentences = [
+            f"The {_NOUNS[(p + i) % 8]} of part {p} walked a long way through the dark wood to the "
+            f"house of the {_NOUNS[i % 8]}, where it stayed until the morning of day {i}."
+            for i in range(4)
+        ]
+        paragraphs.append(textwrap.fill(" ".join(sentences), width=width))
+    return "CHAPTER ONE\n\n\n" + "\n\n".join(paragraphs) + "\n"
+
+
+@pytest.mark.parametrize("width", [70, 100_000], ids=["hard-wrapped", "one-paragraph-per-line"])
+def test_auto_reads_prose_as_paragraphs(tmp_path, width):
+    path = _write(tmp_path / "prose.txt", _wrapped_prose(width))
+    docs = list(iter_documents(CorpusSpec(files=path)))
+    assert docs == list(iter_documents(CorpusSpec(files=path, format="paragraphs")))
+    assert sum(map(len, docs)) == 1 + 30 * 4  # every sentence whole, however the lines were wrapped
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CHAPTER ONE\n\nCHAPTER TWO\nTHE FROG-KING\n\nContents\n",  # no evidence for either layout
+        _original_layout(85, 4) + "\n" + _wrapped_prose(70),  # as much evidence for both
+    ],
+    ids=["headings-only", "mixed"],
+)
+def test_auto_refuses_an_ambiguous_file(tmp_path, text):
+    path = _write(tmp_path / "unclear.txt", text)
+    with pytest.raises(CorpusError, match=re.escape(path) + ": cannot tell its layout") as e:
+        list(iter_documents(CorpusSpec(files=path)))
+    message = str(e.value)
+    assert "set data.format to lines (" in message and " or paragraphs (" in message
+    assert "\n" not in message
+    assert list(iter_documents(CorpusSpec(files=path, format="lines")))  # an explicit format reads it
+
+
+def test_log_names_layout_and_counts(tmp_path, caplog):
+    lines = _write(tmp_path / "lines.txt", LINES_TEXT)
+    prose = _write(tmp_path / "prose.txt", _wrapped_prose(70))
+    with caplog.at_level(logging.INFO, logger="albert_jax.data.text"):
+        list(iter_documents(CorpusSpec(files=f"{lines},{prose}")))
+        list(iter_documents(CorpusSpec(files=lines, format="paragraphs")))
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged[0].startswith(
+        f"corpus file {lines}: reading it in the lines layout (auto, from the whole file: 3 one-sentence lines"
+    )
+    assert logged[1] == f"corpus file {lines}: read 2 documents, 5 sentences (lines layout)"
+    assert logged[2].startswith(
+        f"corpus file {prose}: reading it in the paragraphs layout (auto, from the whole file:"
+    )
+    assert logged[3] == f"corpus file {prose}: read 2 documents, 121 sentences (paragraphs layout)"
+    assert logged[4] == f"corpus file {lines}: reading it in the paragraphs layout (data.format)"
+    assert logged[5] == f"corpus file {lines}: read 1 documents, 5 sentences (paragraphs layout)"
+
+
+def test_auto_samples_blocks_throughout_a_large_file(tmp_path, monkeypatch, caplog):
+    """Past the whole-file size, blocks from start to end are the evidence: a head of front matter
+    longer than the first blocks does not decide."""
+    monkeypatch.setattr(text_lib, "_LAYOUT_WHOLE_FILE_BYTES", 16 << 10)
+    monkeypatch.setattr(text_lib, "_LAYOUT_BLOCKS", 8)
+    monkeypatch.setattr(text_lib, "_LAYOUT_BLOCK_BYTES", 1 << 10)
+    path = _write(tmp_path / "big.txt", _front_matter() + _original_layout(200, 6))
+    assert os.path.getsize(path) > 16 << 10
+    with caplog.at_level(logging.INFO, logger="albert_jax.data.text"):
+        docs = list(iter_documents(CorpusSpec(files=path)))
+    assert docs == list(iter_documents(CorpusSpec(files=path, format="lines")))
+    assert "reading it in the lines layout (auto, from 8 blocks of 1 KiB spread through its" in caplog.text
+    prose = _write(tmp_path / "big_prose.txt", _wrapped_prose(70) * 3)
+    assert os.path.getsize(prose) > 16 << 10
+    assert text_lib._detect_layout(prose)[0] == "paragraphs"
+
+
+@pytest.mark.skipif(not GRIMM.exists(), reason=f"shared data absent: {GRIMM}")
+def test_grimm_in_the_original_layout(tmp_path):
+    """The real book, sentence-split into the original's layout (one document per document read from
+    the raw text): its title page and contents do not make auto read it as paragraphs."""
+    raw = list(iter_documents(CorpusSpec(files=os.fspath(GRIMM), format="paragraphs")))
+    path = _write(tmp_path / "grimm_lines.txt", "\n\n".join("\n".join(d) for d in raw) + "\n")
+    docs = list(iter_documents(CorpusSpec(files=path)))
+    assert len(docs) == len(raw) > 100
+    assert docs == raw

@@ -319,6 +319,23 @@ def test_a_workdir_from_before_a_key_existed_resumes(reference, tmp_path, caplog
     assert "checkpoint_every_minutes" in json.load(open(path))  # the new baseline has every key
 
 
+def test_a_workdir_from_before_the_original_recipe_is_refused():
+    """Pretraining runs from before `data.sentence_objective` and `data.single_sentence_chunks` made
+    their examples another way (per-chunk targets, no random-document B): no value of today's keys
+    reproduces that, so their absence is a change, refused like any change of the data."""
+    today = config_drift.as_plain(pretrain_configs.get_config("tiny"))
+    old = json.loads(json.dumps(today))
+    del old["data"]["sentence_objective"], old["data"]["single_sentence_chunks"]
+    found = {c.key: c for c in config_drift.changes(old, today, today)}
+    assert set(found) == {"data.sentence_objective", "data.single_sentence_chunks"}
+    assert all(c.action == config_drift.REFUSE for c in found.values())
+    assert "merge, from before the original's example construction" in str(
+        found["data.single_sentence_chunks"]
+    )
+    # A fine-tuning config has neither key: nothing to compare.
+    assert config_drift.changes({"task": "rte"}, {"task": "rte"}, {"task": "rte"}) == []
+
+
 def test_a_library_resume_without_defaults_assumes_them_with_a_warning(reference, tmp_path, caplog):
     workdir = _copy(reference, tmp_path)
     path = os.path.join(workdir, "config.json")

@@ -18,6 +18,7 @@ EXAMPLES = os.path.join(REPO, "examples")
 NOTEBOOKS = [
     "quickstart.ipynb",
     "pretrain_from_python.ipynb",
+    "ablations.ipynb",
     pytest.param("finetune.ipynb", marks=needs_shared),  # SST-2 from ../shared/data when offline
 ]
 

@@ -84,7 +84,7 @@ def test_pretraining_run(tmp_path, names):
     run = write_metrics(tmp_path / "tiny", pretraining_records(), names)
     fig = plot.plot_runs([run])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert titles == ["Loss", "MLM / SOP accuracy", "Learning rate", "Throughput (tokens/s)"]
+    assert titles == ["Loss", "MLM / sentence-objective accuracy", "Learning rate", "Throughput (tokens/s)"]
     loss = fig.axes[0]
     assert len(loss.lines) == 2 and list(loss.lines[1].get_xdata()) == [30, 60]  # train and held-out
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["tiny"]

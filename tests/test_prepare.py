@@ -143,7 +143,7 @@ def test_copied_prepared_corpus_loads_and_a_swapped_vocabulary_is_refused(corpus
     assert remote.num_tokens == loaded.num_tokens
 
     other = train_tokenizer(
-        ["alpha beta gamma delta."] * 50, tmp_path / "other", vocab_size=20, hard_vocab_limit=False
+        ["alpha beta gamma delta."] * 50, tmp_path / "other", vocab_size=30, hard_vocab_limit=False
     )
     (copy / "spiece.model").write_bytes(pathlib.Path(other).read_bytes())
     with pytest.raises(prepare.PreparedCorpusError, match="does not match manifest.json"):

@@ -361,6 +361,32 @@ def test_replaced_accuracy_counts_only_pieces_the_model_could_not_see():
     assert float(stats["mlm_replaced_correct"]) == (right & replaced).sum()
 
 
+def test_sentence_objective_switch_in_the_loss():
+    """`nsp` trains the same head on the same labels as `sop` (only the data differ); `none` leaves the
+    sentence loss out (the head gets no gradient) and logs no sentence metrics."""
+    state, _, batch = _state_and_batch()
+    norm = pretrain.loss_norm(batch)
+
+    def loss(objective):
+        fn = functools.partial(pretrain.pretraining_loss, sentence_objective=objective)
+        (value, stats), grads = jax.value_and_grad(fn, has_aux=True)(
+            state.params, state.apply_fn, batch, jax.random.key(0), norm, True
+        )
+        return float(value), stats, grads
+
+    sop, stats, sop_grads = loss("sop")
+    nsp, _, _ = loss("nsp")
+    none, _, none_grads = loss("none")
+    mlm = float(stats["mlm_loss_sum"] / norm["mlm"])
+    sentence = float(stats["sentence_loss_sum"] / norm["sentence"])
+    assert sop == nsp and np.isclose(none, mlm) and np.isclose(sop, mlm + sentence) and sentence > 0
+    assert not jax.tree.leaves(jax.tree.map(lambda g: np.abs(g).max(), none_grads["sop_classifier"]))[0] > 0
+    assert jax.tree.leaves(jax.tree.map(lambda g: np.abs(g).max(), sop_grads["sop_classifier"]))[0] > 0
+    names = {o: set(pretrain.summarise(stats, sentence_objective=o)) for o in ("sop", "nsp", "none")}
+    assert {"sop_accuracy", "sop_loss"} <= names["sop"] and {"nsp_accuracy", "nsp_loss"} <= names["nsp"]
+    assert not {n for n in names["none"] if n.startswith(("sop", "nsp"))}
+
+
 def test_grad_accumulation_matches_full_batch():
     state, schedule, batch = _state_and_batch()
     full = jax.jit(functools.partial(pretrain.train_step, seed=0, schedule=schedule, grad_accum_steps=1))

@@ -1,8 +1,9 @@
 """Tests for albert_jax.tokenizer.
 
 The golden ids in ``fixtures/tokenizer/golden.json`` were made once with transformers<5's slow
-``AlbertTokenizer`` (the original ALBERT tokenization) by ``fixtures/tokenizer/make_golden.py``,
-from the small ``fixtures/tokenizer/spiece.model``.
+``AlbertTokenizer`` by ``fixtures/tokenizer/make_golden.py``, from the small
+``fixtures/tokenizer/spiece.model``. That tokenizer equals the original google-research/albert one
+on ordinary text; the four cases where it does not (and we follow it) have a test each below.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sentencepiece import sentencepiece_model_pb2
 
 from albert_jax.tokenizer import (
     SPECIAL_TOKENS,
@@ -87,7 +89,7 @@ def test_golden_covers_the_issue():
 
 @pytest.mark.parametrize("group", sorted(CASE_GROUPS))
 def test_golden_ids(tokenizers, group):
-    """ids, token_type_ids and attention_mask equal the original tokenization."""
+    """ids, token_type_ids and attention_mask equal HF's slow tokenizer (transformers<5)."""
     for case in CASE_GROUPS[group]:
         tok = tokenizers[case["variant"]]
         enc = _call(tok, case)
@@ -164,6 +166,68 @@ def test_piece_path_equals_id_path(tok):
     slow._comma_known = False  # forces the piece path in encode_batch
     texts = [c["text"] for c in GOLDEN["cases"] if c["variant"] == "default"]
     assert slow.encode_batch(texts) == tok.encode_batch(texts)
+
+
+# ------------------------------------------- the four cases where we follow HF, not the original
+
+
+def _original_pieces(tok: AlbertTokenizer, text: str) -> list[str]:
+    """A model of what google-research/albert (commit b772393) gives under Python 3, for contrast:
+    its create_pretraining_data.py runs preprocess_text (whitespace collapsed, NFKD with combining
+    marks dropped, then ``str.lower()`` of the whole text; no quote rule), then encode_pieces
+    (SentencePiece on all of the text, so literal special tokens are characters; a piece ending in
+    digit + "," re-encoded without the strip of the leading "▁", whose str-vs-bytes test never holds)."""
+    text = unicodedata.normalize("NFKD", " ".join(text.split()))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    pieces = []
+    for piece in tok._sp.encode(text, out_type=str):
+        if len(piece) > 1 and piece[-1] == "," and piece[-2].isdigit():
+            pieces += tok._sp.encode(piece[:-1].replace("▁", ""), out_type=str) + [","]
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+def test_ordinary_text_matches_the_original_model(tok):
+    text = "The king's daughter (the youngest) went into the forest, and sat down by the well."
+    assert tok.tokenize(text) == _original_pieces(tok, text)
+
+
+def test_literal_special_tokens_become_their_ids(tok):
+    """Case 1: HF splits literal specials out of the text; the original tokenizes them as text."""
+    assert tok.tokenize("The [MASK] sat. [CLS] x [SEP] <unk> <pad>") == (
+        ["▁the", "[MASK]", "▁sat", "."] + ["[CLS]", "▁", "x", "[SEP]", "<unk>", "<pad>"]
+    )
+    assert tok.encode("The [MASK] sat.")[1] == tok.mask_token_id
+    original = _original_pieces(tok, "The [MASK] sat.")
+    assert original == ["▁the", "▁[", "m", "as", "k", "]", "▁sat", "."]
+    assert tok.mask_token_id not in tok.convert_tokens_to_ids(original)
+
+
+def test_tex_quotes_become_double_quotes(tok):
+    """Case 2: HF's preprocess_text turns `` and '' into "; the original's keeps them."""
+    assert preprocess_text("``Faust''") == '"faust"'
+    assert tok.tokenize("``Faust''") == tok.tokenize('"Faust"') == ['▁"', "f", "a", "u", "st", '"']
+    assert _original_pieces(tok, "``Faust''") != tok.tokenize("``Faust''")
+    assert "`" in "".join(_original_pieces(tok, "``Faust''"))  # the backticks stay text there
+
+
+def test_greek_sigma_is_lowercased_per_character(tok):
+    """Case 3: lowercasing per character and before accent stripping, as HF does."""
+    assert tok.preprocess("ΟΔΟΣ ΚΑΙ") == "οδοσ και"  # the original's str.lower(): "οδος και"
+    assert "ΟΔΟΣ ΚΑΙ".lower() == "οδος και"
+    assert tok.preprocess("Ϲa") == "ςa"  # lunate sigma: lowercase ϲ, then NFKD gives ς
+    assert _original_pieces(tok, "Ϲa") == ["▁", "σ", "a"]  # NFKD first gives Σ, then σ
+    assert tok.tokenize("ΟΔΟΣ") != _original_pieces(tok, "ΟΔΟΣ")
+
+
+def test_digit_comma_resplit_drops_the_added_underline(tok):
+    """Case 4: a digit + "," piece inside a word is re-split without the "▁" that re-encoding adds
+    (HF's rule, and what the original meant); the original under Python 3 keeps that "▁"."""
+    assert tok._sp.encode("25,", out_type=str) == ["▁2", "5,"]
+    assert tok.tokenize("25,") == ["▁2", "5", ","]
+    assert _original_pieces(tok, "25,") == ["▁2", "▁", "5", ","]
+    assert tok.tokenize("in 1815, he") == ["▁in", "▁1", "8", "1", "5", ",", "▁he"]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -464,6 +528,24 @@ def test_train_tokenizer_flags(trained):
     assert not any(p != p.lower() for p in pieces if p not in SPECIAL_TOKENS)
     assert "é" not in "".join(pieces)
     assert Path(str(trained)[: -len(".model")] + ".vocab").is_file()
+
+
+def test_trained_vocab_has_all_eight_user_defined_symbols(tmp_path):
+    """Each of ALBERT's user-defined symbols is one piece of the trained vocabulary, even when the
+    training text never has it (a comma-joined flag would give "(", ")" and one junk piece)."""
+    text = [f"the king said hello to the queen {i} times and {i + 1} more" for i in range(200)]
+    path = train_tokenizer(text, tmp_path / "v", vocab_size=60, num_threads=1)
+    tok = AlbertTokenizer(path)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(path).read_bytes())
+    user_defined = [p.piece for p in proto.pieces if p.type == p.USER_DEFINED]
+    assert user_defined == ["(", ")", '"', "-", ".", "–", "£", "€"]
+    for symbol in user_defined:  # one piece, its own id, wherever it stands
+        assert tok.tokenize(f"a{symbol}b")[-2:] == [symbol, "b"]
+        assert tok.encode(f"a{symbol}b")[-2] == tok.convert_tokens_to_ids(symbol) != tok.unk_token_id
+    ids = tok.encode('"hello" – £5 €6')
+    assert tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids)[:2] == ["▁", '"']
 
 
 def test_trained_vocab_loads_in_transformers(trained, tmp_path):

@@ -3,15 +3,17 @@
 Pipeline (``grain.MapDataset``, so that every element is addressable and the iterator state is
 just a position)::
 
-    range(num_chunks) -> shuffle(seed), reshuffled each epoch -> repeat(num_epochs)
-      -> map_with_index(make_example with rng = default_rng([seed, epoch, chunk]))
+    Examples: index -> (epoch, position): epoch e is a pass over that epoch's chunks
+      (TokenizedCorpus.chunks(seed, e): documents re-chunked every epoch), in an order shuffled by
+      (seed, e); example = TokenizedCorpus.example with rng = default_rng([seed, epoch, chunk])
       -> batch(global_batch // process_count) -> [process_index::process_count]
       -> to_iter_dataset(read_threads) (-> mp_prefetch when worker_count > 0)
 
-An example depends only on (seed, epoch, chunk index), or on (seed, chunk index) with static
-masking, so the data do not depend on the process count, the worker count or where training
-resumed. Global batch ``b`` is elements ``[b * G, (b + 1) * G)`` of the repeated, shuffled
-sequence, and process ``p`` holds its contiguous block ``[b * G + p * G / P, b * G + (p + 1) * G / P)``,
+An example depends only on (seed, epoch, index), or on (seed, index) with static masking (then
+every epoch has epoch 0's chunks), so the data do not depend on the process count, the worker
+count or where training resumed. Epochs differ in length (the chunking is redrawn); the stream
+runs through them in order. Global batch ``b`` is elements ``[b * G, (b + 1) * G)`` of the stream,
+and process ``p`` holds its contiguous block ``[b * G + p * G / P, b * G + (p + 1) * G / P)``,
 so the assembled global array is the same for any number of hosts.
 
 Checkpointing: the iterator supports ``get_state()`` / ``set_state()``; with orbax use
@@ -21,7 +23,9 @@ inside ``ocp.args.Composite`` (see :func:`pretraining_dataset`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import sys
 
 import grain
 import jax
@@ -29,31 +33,85 @@ import numpy as np
 from absl import flags
 
 from albert_jax import errors
-from albert_jax.data.pretraining import ChunkIndex, PretrainDataConfig, TokenizedCorpus, make_example
+from albert_jax.data.pretraining import ChunkIndex, PretrainDataConfig, TokenizedCorpus
 
-__all__ = ["ExampleFn", "make_global_batch", "pretraining_dataset"]
+__all__ = ["Examples", "make_global_batch", "pretraining_dataset"]
 
 _STATIC_EPOCH = 2**31 - 1  # stands in for the epoch in the RNG key when masking is static
+_SHUFFLE_STREAM = 0x5F1E  # keeps the per-epoch order's RNG stream apart from the others
+_FOREVER = sys.maxsize
 
 
-@dataclasses.dataclass(frozen=True)
-class ExampleFn:
-    """``(global index, chunk id) -> example``; picklable for grain worker processes."""
+class Examples(grain.MapDataset):
+    """``index -> example`` over ``num_epochs`` passes (None: forever) of a split's chunks.
 
-    corpus: TokenizedCorpus
-    chunks: ChunkIndex
-    cfg: PretrainDataConfig
-    seed: int
+    Picklable for grain worker processes: only the corpus path and the settings travel; each
+    process recomputes the few epochs it touches.
+    """
 
-    def __call__(self, index: int, chunk: int) -> dict[str, np.ndarray]:
-        chunk = int(chunk)
-        if self.cfg.dynamic_masking:
-            epoch = index // len(self.chunks)
+    def __init__(
+        self,
+        corpus: TokenizedCorpus,
+        cfg: PretrainDataConfig,
+        *,
+        split: str,
+        seed: int,
+        num_epochs: int | None,
+        shuffle: bool,
+    ):
+        super().__init__()
+        self.corpus, self.cfg, self.split, self.seed = corpus, cfg, split, seed
+        self.num_epochs, self.shuffle = num_epochs, shuffle
+        self._starts = [0]  # first index of each epoch computed so far
+        self._orders: dict[int, np.ndarray] = {}
+        if num_epochs is None:
+            self._length = _FOREVER
         else:
-            epoch = _STATIC_EPOCH
-        rng = np.random.default_rng([self.seed, epoch, chunk])
-        sentences = self.corpus.chunk_sentences(self.chunks, chunk)
-        return make_example(sentences, rng, self.cfg, self.corpus.token_info)
+            while len(self._starts) <= num_epochs:
+                self._starts.append(self._starts[-1] + len(self.chunks(len(self._starts) - 1)))
+            self._length = self._starts[num_epochs]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_orders"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return f"Examples(split={self.split!r}, seed={self.seed}, num_epochs={self.num_epochs})"
+
+    def chunks(self, epoch: int) -> ChunkIndex:
+        """The chunks of ``epoch`` (epoch 0's for every epoch with static masking)."""
+        return self.corpus.chunks(self.cfg, self.split, self.seed, epoch if self.cfg.dynamic_masking else 0)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(epoch, chunk id) of element ``index``."""
+        if self.num_epochs is None and not self.cfg.dynamic_masking:  # every epoch is as long
+            n = len(self.chunks(0))
+            epoch, pos = divmod(index, n)
+        else:
+            while self._starts[-1] <= index:
+                self._starts.append(self._starts[-1] + len(self.chunks(len(self._starts) - 1)))
+            epoch = bisect.bisect_right(self._starts, index) - 1
+            pos = index - self._starts[epoch]
+        if not self.shuffle:
+            return epoch, pos
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch, _SHUFFLE_STREAM])
+            self._orders[epoch] = rng.permutation(len(self.chunks(epoch)))
+            while len(self._orders) > 2:
+                self._orders.pop(next(iter(self._orders)))
+        return epoch, int(self._orders[epoch][pos])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, chunk = self.locate(int(index))
+        key = epoch if self.cfg.dynamic_masking else _STATIC_EPOCH
+        rng = np.random.default_rng([self.seed, key, chunk])
+        return self.corpus.example(self.chunks(epoch), chunk, rng, self.cfg)
 
 
 def pretraining_dataset(
@@ -119,14 +177,11 @@ def pretraining_dataset(
             f"the {split} split of {corpus.meta['source']} has {len(chunks)} examples at "
             f"seq_len={cfg.seq_len}, fewer than global_batch_size={global_batch_size}"
         )
-
-    ds = grain.MapDataset.range(len(chunks))
-    if split == "train":
-        ds = ds.shuffle(seed=seed % 2**32).repeat(num_epochs)
-    else:
+    train = split == "train"
+    if not train:
         cfg = dataclasses.replace(cfg, dynamic_masking=False)
-    ds = ds.map_with_index(ExampleFn(corpus, chunks, cfg, seed))
-    if len(ds) < 2**62:  # finite: keep whole global batches so every process has as many
+    ds = Examples(corpus, cfg, split=split, seed=seed, num_epochs=num_epochs if train else 1, shuffle=train)
+    if len(ds) < _FOREVER:  # finite: keep whole global batches so every process has as many
         ds = ds[: len(ds) - len(ds) % global_batch_size]
     # Batch first, then take every process_count-th batch: process p holds the contiguous block p of
     # each global batch, so the global array has the same row order whatever the number of hosts.

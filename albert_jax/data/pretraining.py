@@ -4,30 +4,32 @@
 directory keyed by the source fingerprint, the tokenizer fingerprint and :data:`FORMAT_VERSION`.
 The cache holds a flat ``int32`` token array and sentence / document offsets, all memory-mapped.
 
-Examples follow google-research/albert ``create_pretraining_data.py``:
+Examples are made as google-research/albert's ``create_pretraining_data.py`` makes them (its
+``create_instances_from_document`` and ``create_masked_lm_predictions``), with the same
+distributions:
 
-* ``create_instances_from_document`` groups consecutive sentences of a document into chunks of
-  a target length (``seq_len - 3``, or with probability ``short_seq_prob`` a random length in
-  ``[2, seq_len - 3]``). Here the grouping is computed once per (corpus, config, seed) and kept
-  as arrays (:class:`ChunkIndex`), so that every example is addressable by an index.
-* :func:`make_example` turns one chunk into an example: a random split point ``a_end`` gives
-  segments A and B, with probability 0.5 they are swapped (sentence-order label 1),
-  ``truncate_seq_pair`` trims them to ``seq_len - 3`` tokens, and ``[CLS] A [SEP] B [SEP]`` is
-  masked with ALBERT's whole-word n-gram masking (:func:`create_masked_lm_predictions`).
+* Every pass over the corpus (epoch) re-chunks each document: a target length is drawn once per
+  document (``seq_len - 3``, or with probability ``short_seq_prob`` a random length in
+  ``[2, seq_len - 3]``), and consecutive sentences are grouped until a chunk reaches it. A random
+  split point gives segments A and B. :meth:`TokenizedCorpus.chunks` computes one epoch's chunks
+  for all documents at once (vectorised), as arrays (:class:`ChunkIndex`), so that every example is
+  addressable by (seed, epoch, index).
+* ``sentence_objective="sop"``: B is swapped before A with probability 0.5 (label 1).
+  ``"nsp"``: with probability 0.5 B is taken from a random other document (label 1) and the
+  chunk's unused sentences start the next chunk, as the original's ``random_next_sentence``.
+  ``"none"``: A and B in order (no sentence loss is trained).
+* A one-sentence chunk (a sentence reaching the target alone, or a document's last) gets its B from
+  a random other document, labelled 1, in every mode (``single_sentence_chunks="random_next"``,
+  the original's behaviour). ``"merge"`` is this project's alternative: chunks have at least two
+  sentences (a lone last sentence joins the chunk before) and one-sentence documents are skipped.
+* ``truncate_seq_pair`` trims A and B to ``seq_len - 3`` tokens, and ``[CLS] A [SEP] B [SEP]`` is
+  masked with whole-word n-gram masking (:func:`create_masked_lm_predictions`); random replacements
+  are drawn from the whole vocabulary, special tokens included, as in the original.
 
-Differences from the original, all deliberate:
-
-* Every random draw comes from a ``np.random.Generator`` passed in (the loader seeds it from
-  (seed, epoch, chunk index)); the original draws n-gram lengths from the unseeded global
-  numpy RNG.
-* The short target length is drawn per chunk, not once per document (the original makes every
-  chunk of a document short together, which is noisy on corpora with few documents).
-* A chunk always has at least two sentences: a sentence reaching the target length alone is
-  grouped with the next one, and a lone sentence at the end of a document joins the previous
-  chunk. The original instead takes segment B from a *random other document* for one-sentence
-  chunks (a next-sentence-prediction leftover that mislabels SOP). Documents with a single
-  sentence therefore yield no example.
-* Random replacement tokens are drawn from the vocabulary without the five special tokens.
+Departures, both without effect on the distributions: every random draw comes from a
+``np.random.Generator`` seeded from (seed, epoch, index) (the original draws n-gram lengths from the
+unseeded global numpy RNG), and documents are shuffled per epoch instead of all passes' examples
+together (``dupe_factor``).
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ log = logging.getLogger(__name__)
 
 # Bump when the cache layout changes; part of the cache directory name.
 FORMAT_VERSION = 1
-NUM_SPECIAL_TOKENS = 5  # pad, unk, [CLS], [SEP], [MASK]
 _EVAL_SPLIT_SEED = 0xA1BE27
 _CHUNK_STREAM = 0xC4A9  # keeps the chunking RNG stream apart from the example RNG streams
+# Chunk kinds: how segment B relates to A (every kind but IN_ORDER has sentence_order_label 1).
+IN_ORDER, SWAPPED, RANDOM_NEXT = 0, 1, 2
+
+
+SENTENCE_OBJECTIVES = ("sop", "nsp", "none")
+SINGLE_SENTENCE_CHUNKS = ("random_next", "merge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +84,21 @@ class PretrainDataConfig:
 
     Attributes:
       seq_len: max_seq_length, including [CLS] and the two [SEP].
-      short_seq_prob: probability that a chunk gets a random shorter target length.
+      short_seq_prob: probability that a document gets a random shorter target length (per epoch).
       masked_lm_prob: fraction of tokens to mask (before the max_predictions cap).
       max_predictions: max_predictions_per_seq; the masked_lm_* arrays have this length.
-      max_ngram: longest masked n-gram in whole words; P(n) is proportional to 1/n.
-      dynamic_masking: new masks (and A/B split, SOP swap, truncation) every epoch; if False, an
-        example depends only on (seed, chunk index).
+      max_ngram: longest masked n-gram (``ngram``), in whole words with ``whole_word_masking``.
+      dynamic_masking: new chunks, masks, A/B splits and swaps every epoch; if False, an example
+        depends only on (seed, chunk index), and every epoch has the same chunks.
       eval_fraction: fraction of documents held out for evaluation.
+      sentence_objective: ``"sop"`` (ALBERT), ``"nsp"`` (BERT's next-sentence prediction, the
+        original's ``random_next_sentence``) or ``"none"`` (MLM only): how segment B is chosen and
+        what ``sentence_order_label`` means (1: swapped, or B from another document).
+      single_sentence_chunks: ``"random_next"`` (the original: B from a random other document,
+        label 1) or ``"merge"`` (chunks of at least two sentences; one-sentence documents unused).
+      favor_shorter_ngram: P(n) ~ 1/n (the original's default); False reverses it (favours long).
+      whole_word_masking: mask whole words (a start piece and its continuations; the original's
+        ``do_whole_word_mask``); False masks single pieces.
     """
 
     seq_len: int = 512
@@ -93,6 +108,10 @@ class PretrainDataConfig:
     max_ngram: int = 3
     dynamic_masking: bool = True
     eval_fraction: float = 0.02
+    sentence_objective: str = "sop"
+    single_sentence_chunks: str = "random_next"
+    favor_shorter_ngram: bool = True
+    whole_word_masking: bool = True
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -101,6 +120,14 @@ class PretrainDataConfig:
             raise errors.ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_ngram < 1 or self.max_predictions < 1:
             raise errors.ConfigError("max_ngram and max_predictions must be positive")
+        for name, choices in (
+            ("sentence_objective", SENTENCE_OBJECTIVES),
+            ("single_sentence_chunks", SINGLE_SENTENCE_CHUNKS),
+        ):
+            if getattr(self, name) not in choices:
+                raise errors.ConfigError(
+                    f"data.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
 
     @property
     def max_num_tokens(self) -> int:
@@ -217,12 +244,14 @@ def create_masked_lm_predictions(
 ) -> MaskedLmPredictions:
     """ALBERT's whole-word n-gram masking of an unpadded ``[CLS] A [SEP] B [SEP]`` sequence.
 
-    Candidate words are runs of non-special tokens starting at a start piece. Words are visited
-    in random order; each draws n in [1, max_ngram] with P(n) ~ 1/n, cuts the n-gram at the last
+    Candidate words are runs of non-special tokens starting at a start piece (single pieces
+    without ``cfg.whole_word_masking``). Words are visited in random order; each draws n in
+    [1, max_ngram] with P(n) ~ 1/n (~ 1/(max_ngram + 1 - n) without ``favor_shorter_ngram``), cuts the n-gram at the last
     word (as the original's slice ``cand_indexes[w:w + n]`` does), shortens it while it would
     exceed the budget, and is skipped if it overlaps an earlier n-gram. The budget is
     ``min(max_predictions, max(1, round(len * masked_lm_prob)))``. Each chosen token becomes
-    [MASK] with p=0.8, stays with p=0.1, or becomes a random token.
+    [MASK] with p=0.8, stays with p=0.1, or becomes a random token of the whole vocabulary (special
+    tokens included, as the original draws from all of ``vocab_words``).
 
     The drawn n follow P(n) ~ 1/n (6:3:2 for max_ngram=3) at every word; after the cut, the
     second-to-last word gets 1 or 2 words in the ratio 6:5 and the last word 1. The masked
@@ -238,12 +267,14 @@ def create_masked_lm_predictions(
     empty = np.zeros(0, np.int32)
     if cfg.masked_lm_prob == 0 or len(cand) == 0:
         return MaskedLmPredictions(output, empty, empty, [], [])
-    starts = info.start_piece[ids[cand]]
+    starts = info.start_piece[ids[cand]] if cfg.whole_word_masking else np.ones(len(cand), bool)
     starts[0] = True
     word_offsets = np.append(np.flatnonzero(starts), len(cand))  # word w = cand[wo[w]:wo[w+1]]
     num_words = len(word_offsets) - 1
 
     pvals = 1.0 / np.arange(1, cfg.max_ngram + 1)
+    if not cfg.favor_shorter_ngram:
+        pvals = pvals[::-1]
     cum_p = np.cumsum(pvals) / pvals.sum()
 
     covered = np.zeros(num_words, dtype=bool)
@@ -278,44 +309,28 @@ def create_masked_lm_predictions(
     to_mask = u < 0.8
     to_random = u >= 0.9
     output[positions[to_mask]] = info.mask_id
-    output[positions[to_random]] = rng.integers(
-        NUM_SPECIAL_TOKENS, info.vocab_size, size=int(to_random.sum())
-    )
+    output[positions[to_random]] = rng.integers(0, info.vocab_size, size=int(to_random.sum()))
     return MaskedLmPredictions(
         output, positions.astype(np.int32), labels.astype(np.int32), [n for _, n in chosen_words], drawn
     )
 
 
 def make_example(
-    chunk_sentences: Sequence[np.ndarray],
+    tokens_a: np.ndarray,
+    tokens_b: np.ndarray,
+    label: int,
     rng: np.random.Generator,
     cfg: PretrainDataConfig,
     info: TokenInfo,
 ) -> dict[str, np.ndarray]:
-    """Builds one SOP + masked-LM example from a chunk of consecutive sentences.
+    """Truncates segments A and B, lays out ``[CLS] A [SEP] B [SEP]`` and masks it.
 
     Returns a dict of ``input_ids``, ``attention_mask``, ``token_type_ids`` ([seq_len] int32),
-    ``masked_lm_positions``, ``masked_lm_ids`` ([max_predictions] int32),
-    ``masked_lm_weights`` ([max_predictions] float32, 1 for real predictions) and
-    ``sentence_order_label`` ([] int32, 1 when A and B are swapped).
+    ``masked_lm_positions``, ``masked_lm_ids``, ``masked_lm_weights`` ([max_predictions]; weights
+    1 for real predictions) and ``sentence_order_label`` ([] int32: 1 when B was swapped before A or
+    comes from another document, the original's ``is_random_next``).
     """
-    n = len(chunk_sentences)
-    if n >= 2:
-        a_end = int(rng.integers(1, n))
-        tokens_a = np.concatenate(chunk_sentences[:a_end])
-        tokens_b = np.concatenate(chunk_sentences[a_end:])
-    else:  # not produced by ChunkIndex; split a lone sentence so callers never crash
-        toks = np.asarray(chunk_sentences[0])
-        if len(toks) < 2:
-            raise ValueError("a chunk needs at least two tokens")
-        cut = int(rng.integers(1, len(toks)))
-        tokens_a, tokens_b = toks[:cut], toks[cut:]
-    label = 0
-    if rng.random() < 0.5:
-        tokens_a, tokens_b = tokens_b, tokens_a
-        label = 1
     tokens_a, tokens_b = truncate_seq_pair(tokens_a, tokens_b, cfg.max_num_tokens, rng)
-
     la, lb = len(tokens_a), len(tokens_b)
     length = la + lb + 3
     ids = np.empty(length, np.int32)
@@ -351,47 +366,98 @@ def make_example(
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Tokenized corpus cache.
-
-
 @dataclasses.dataclass(frozen=True)
 class ChunkIndex:
-    """Chunks of consecutive sentences: chunk i is sentences ``[start[i], stop[i])``."""
+    """One epoch's chunks of one split. Chunk i is sentences ``[start[i], stop[i])`` of document
+    ``doc[i]``: A is its first ``a_len[i]`` sentences; B the rest (``IN_ORDER``), the rest placed
+    before A (``SWAPPED``), or sentences of a random other document of ``documents``
+    (``RANDOM_NEXT``, where ``stop = start + a_len``)."""
 
-    start: np.ndarray  # [C] int64, global sentence ids
+    start: np.ndarray  # [C] int64, global sentence ids, ascending
     stop: np.ndarray  # [C] int64, exclusive
-    target_len: np.ndarray  # [C] int32, the target length drawn for the chunk
+    a_len: np.ndarray  # [C] int32, sentences in A
+    kind: np.ndarray  # [C] int8, IN_ORDER | SWAPPED | RANDOM_NEXT
+    target_len: np.ndarray  # [C] int32, the target length drawn for the chunk's document
+    doc: np.ndarray  # [C] int64, document ids
+    documents: np.ndarray  # [D] int64, the split's documents (where a random B comes from)
 
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """[C] int32 sentence_order_label of every chunk."""
+        return (self.kind != IN_ORDER).astype(np.int32)
 
-def _chunk_document(
-    lengths: np.ndarray, first: int, cfg: PretrainDataConfig, rng: np.random.Generator, out: list
-) -> None:
-    """Appends (start, stop, target) chunks of one document (create_instances_from_document)."""
-    n = len(lengths)
-    if n < 2:
-        return
 
-    def draw_target() -> int:
-        if rng.random() < cfg.short_seq_prob:
-            return int(rng.integers(2, cfg.max_num_tokens + 1))
-        return cfg.max_num_tokens
+def chunk_documents(
+    sentence_lengths: np.ndarray,
+    document_offsets: np.ndarray,
+    documents: np.ndarray,
+    cfg: PretrainDataConfig,
+    rng: np.random.Generator,
+) -> ChunkIndex:
+    """One pass of ``create_instances_from_document`` over ``documents``, all documents at a time.
 
-    begin = len(out)
-    target = draw_target()
-    chunk_start, current = 0, 0
-    for i in range(n):
-        current += int(lengths[i])
-        if i == n - 1 or (current >= target and i > chunk_start):
-            out.append([first + chunk_start, first + i + 1, target])
-            chunk_start, current = i + 1, 0
-            target = draw_target()
-    if len(out) - begin >= 2 and out[-1][1] - out[-1][0] == 1:
-        last = out.pop()
-        out[-1][1] = last[1]  # a lone trailing sentence joins the previous chunk
+    ``sentence_lengths`` [S] are the corpus's sentence lengths in tokens, ``document_offsets``
+    [D+1] its documents' first sentences. Each document draws its target length; then every
+    document's next chunk is cut at once per round: the shortest run of sentences from its current
+    position whose length reaches the target (or the rest of the document), with its split point
+    and kind drawn as the original draws them. Work is O(chunks), in numpy.
+    """
+    merge = cfg.single_sentence_chunks == "merge"
+    documents = np.asarray(documents, np.int64)
+    lo = np.asarray(document_offsets, np.int64)[documents]
+    hi = np.asarray(document_offsets, np.int64)[documents + 1]
+    cum = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
+    target = np.full(len(documents), cfg.max_num_tokens, np.int64)
+    short = rng.random(len(documents)) < cfg.short_seq_prob
+    target[short] = rng.integers(2, cfg.max_num_tokens + 1, size=int(short.sum()))
+    live = np.flatnonzero(hi - lo >= (2 if merge else 1))
+    pos = lo.copy()
+    rounds: list[tuple[np.ndarray, ...]] = []
+    while len(live):
+        p, end, t = pos[live], hi[live], target[live]
+        stop = np.clip(np.searchsorted(cum, cum[p] + t, side="left"), p + 1, end)
+        if merge:  # at least two sentences, and no lone sentence left at the end
+            stop = np.minimum(np.maximum(stop, p + 2), end)
+            stop = np.where(end - stop == 1, end, stop)
+        n = stop - p
+        a_len = rng.integers(1, np.maximum(n, 2))  # [1, n - 1]; 1 for a one-sentence chunk
+        coin = rng.random(len(p)) < 0.5
+        kind = np.full(len(p), IN_ORDER, np.int8)
+        if cfg.sentence_objective == "sop":
+            kind[coin] = SWAPPED
+        elif cfg.sentence_objective == "nsp":
+            kind[coin] = RANDOM_NEXT
+        kind[n == 1] = RANDOM_NEXT
+        random_b = kind == RANDOM_NEXT
+        # A random B leaves the chunk's other sentences unused; the next chunk starts with them.
+        stop = np.where(random_b, p + a_len, stop)
+        keep = n >= 2 if merge else slice(None)  # merge: an NSP put-back can leave one sentence
+        rounds.append(tuple(x[keep] for x in (p, stop, a_len, kind, t, documents[live])))
+        pos[live] = stop
+        live = live[stop < end]
+    if not rounds:
+        empty = np.zeros(0, np.int64)
+        return ChunkIndex(
+            empty, empty, empty.astype(np.int32), empty.astype(np.int8), empty, empty, documents
+        )
+    start, stop, a_len, kind, t, doc = (np.concatenate(x) for x in zip(*rounds))
+    order = np.argsort(start, kind="stable")
+    return ChunkIndex(
+        start[order],
+        stop[order],
+        a_len[order].astype(np.int32),
+        kind[order],
+        t[order].astype(np.int32),
+        doc[order],
+        documents,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenized corpus cache.
 
 
 class TokenizedCorpus:
@@ -456,7 +522,8 @@ class TokenizedCorpus:
         return range(int(self.document_offsets[d]), int(self.document_offsets[d + 1]))
 
     def document_split(self, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-        """(train, eval) document ids; a fixed-seed choice among documents with 2+ sentences."""
+        """(train, eval) document ids; a fixed-seed choice among documents with 2+ sentences (so
+        that held-out SOP examples come from within documents)."""
         counts = np.diff(self.document_offsets)
         usable = np.flatnonzero(counts >= 2)
         n_eval = round(len(usable) * eval_fraction)
@@ -467,49 +534,63 @@ class TokenizedCorpus:
         train_docs = np.setdiff1d(np.arange(self.num_documents), eval_docs)
         return train_docs, eval_docs
 
-    def chunks(self, cfg: PretrainDataConfig, split: str = "train", seed: int = 0) -> ChunkIndex:
-        """The chunk index of a split: computed once per (cfg, split, seed), cached on disk."""
+    def split_documents(self, split: str, eval_fraction: float) -> np.ndarray:
+        """The document ids of ``"train"``, ``"eval"`` (see :meth:`document_split`) or ``"all"``."""
         if split not in ("train", "eval", "all"):
             raise errors.ConfigError(f"split must be train, eval or all, got {split!r}")
-        key = (cfg.seq_len, cfg.short_seq_prob, cfg.eval_fraction if split != "all" else None, split, seed)
-        if key in self._chunk_cache:
-            return self._chunk_cache[key]
-        name = "chunks-" + hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".npz"
-        file = os.path.join(self.path, name)
-        if os.path.exists(file):
-            with np.load(file) as z:
-                index = ChunkIndex(z["start"], z["stop"], z["target_len"])
-        else:
-            index = self._compute_chunks(cfg, split, seed)
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".npz")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, start=index.start, stop=index.stop, target_len=index.target_len)
-                os.replace(tmp, file)
-            except OSError:  # a read-only cache still works, just without the chunk cache
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        self._chunk_cache[key] = index
-        return index
-
-    def _compute_chunks(self, cfg: PretrainDataConfig, split: str, seed: int) -> ChunkIndex:
         if split == "all":
-            docs = np.arange(self.num_documents)
-        else:
-            train_docs, eval_docs = self.document_split(cfg.eval_fraction)
-            docs = train_docs if split == "train" else eval_docs
-        rng = np.random.default_rng([seed, _CHUNK_STREAM])
-        lengths = np.diff(self.sentence_offsets)
-        out: list[list[int]] = []
-        for d in docs:
-            lo, hi = int(self.document_offsets[d]), int(self.document_offsets[d + 1])
-            _chunk_document(lengths[lo:hi], lo, cfg, rng, out)
-        arr = np.asarray(out, dtype=np.int64).reshape(-1, 3)
-        return ChunkIndex(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].astype(np.int32))
+            return np.arange(self.num_documents)
+        train_docs, eval_docs = self.document_split(eval_fraction)
+        return train_docs if split == "train" else eval_docs
 
-    def chunk_sentences(self, index: ChunkIndex, i: int) -> list[np.ndarray]:
-        """Token ids of the sentences of chunk ``i``."""
-        return self.sentences(int(index.start[i]), int(index.stop[i]))
+    def chunks(
+        self, cfg: PretrainDataConfig, split: str = "train", seed: int = 0, epoch: int = 0
+    ) -> ChunkIndex:
+        """The chunks of one epoch of a split: a pure function of (corpus, cfg, split, seed, epoch),
+        computed in memory (:func:`chunk_documents`; the last few epochs are kept)."""
+        key = (cfg.seq_len, cfg.short_seq_prob, cfg.eval_fraction, cfg.sentence_objective)
+        key += (cfg.single_sentence_chunks, split, seed, epoch)
+        if key not in self._chunk_cache:
+            docs = self.split_documents(split, cfg.eval_fraction)
+            rng = np.random.default_rng([seed, epoch, _CHUNK_STREAM])
+            lengths = np.diff(self.sentence_offsets)
+            self._chunk_cache[key] = chunk_documents(lengths, self.document_offsets, docs, cfg, rng)
+            while len(self._chunk_cache) > 4:
+                self._chunk_cache.pop(next(iter(self._chunk_cache)))
+        return self._chunk_cache[key]
+
+    def segments(
+        self, index: ChunkIndex, i: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(tokens A, tokens B, sentence_order_label) of chunk ``i``, before truncation.
+
+        A random B (``RANDOM_NEXT``) is the original's: another document of the split (10 tries),
+        a random first sentence in it, and sentences up to ``target_len - len(A)`` tokens."""
+        start, a_end, stop = int(index.start[i]), int(index.start[i] + index.a_len[i]), int(index.stop[i])
+        offs = self.sentence_offsets
+        tokens_a = self.tokens[offs[start] : offs[a_end]]
+        kind = int(index.kind[i])
+        if kind != RANDOM_NEXT:
+            tokens_b = self.tokens[offs[a_end] : offs[stop]]
+            if kind == SWAPPED:
+                tokens_a, tokens_b = tokens_b, tokens_a
+            return tokens_a, tokens_b, int(kind != IN_ORDER)
+        for _ in range(10):
+            other = int(index.documents[rng.integers(len(index.documents))])
+            if other != index.doc[i]:
+                break
+        lo, hi = int(self.document_offsets[other]), int(self.document_offsets[other + 1])
+        first = int(rng.integers(lo, hi))
+        need = int(index.target_len[i]) - len(tokens_a)
+        last = int(np.clip(np.searchsorted(offs, offs[first] + need, side="left"), first + 1, hi))
+        return tokens_a, self.tokens[offs[first] : offs[last]], 1
+
+    def example(
+        self, index: ChunkIndex, i: int, rng: np.random.Generator, cfg: PretrainDataConfig
+    ) -> dict[str, np.ndarray]:
+        """The training example of chunk ``i`` (:meth:`segments`, then :func:`make_example`)."""
+        tokens_a, tokens_b, label = self.segments(index, i, rng)
+        return make_example(tokens_a, tokens_b, label, rng, cfg, self.token_info)
 
     # ------------------------------------------------------------------------------------------
 

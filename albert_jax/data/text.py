@@ -14,9 +14,16 @@ Text files come in two layouts (``CorpusSpec.format``):
   headings) ends a document, and a document is also cut after
   :data:`MAX_DOCUMENT_PARAGRAPHS` paragraphs so that books without such spacing still give
   many documents.
-* ``"auto"`` (default) samples the first lines of each file and picks ``"lines"`` when at least
-  80% of the non-blank lines are single sentences ending in sentence punctuation; otherwise
-  ``"paragraphs"``.
+* ``"auto"`` (default) decides per file from evidence across the whole file (a file over 16 MiB:
+  64 blocks of 256 KiB spread evenly from its start to its end, so the work is bounded). A line
+  is evidence for ``"lines"`` when it is one complete sentence (it starts a sentence, ends in
+  sentence punctuation, holds one sentence) and the next line of its block starts another; for
+  ``"paragraphs"`` when it ends mid-sentence and the next line goes on in lower case (a hard-wrapped
+  sentence), or when it holds two or more sentences of three or more words. Other lines (headings,
+  title pages, tables of contents) count for neither, so front matter of any length does not sway
+  the choice. A layout needs 75% of the evidence; a file with none, or with mixed evidence, is a
+  :class:`CorpusError` asking for ``data.format``. The log names the layout chosen for each file
+  and why, and the documents and sentences read from it.
 
 The Project Gutenberg license header and footer (``*** START OF ...`` / ``*** END OF ...``, and
 the ``End of the Project Gutenberg EBook`` line before it) are stripped when present.
@@ -34,6 +41,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -53,11 +61,18 @@ __all__ = [
     "split_sentences",
 ]
 
+log = logging.getLogger(__name__)
+
 # Bump when the text -> sentences logic changes, so cached tokenizations are rebuilt.
-TEXT_PIPELINE_VERSION = 3
+TEXT_PIPELINE_VERSION = 4
 MAX_DOCUMENT_PARAGRAPHS = 50
-_AUTO_SAMPLE_LINES = 400
-_LINE_LAYOUT_THRESHOLD = 0.8
+# format="auto": files up to this size are read whole to choose their layout; larger ones are judged
+# on _LAYOUT_BLOCKS blocks of _LAYOUT_BLOCK_BYTES spread evenly from start to end (bounded work).
+_LAYOUT_WHOLE_FILE_BYTES = 16 << 20
+_LAYOUT_BLOCKS = 64
+_LAYOUT_BLOCK_BYTES = 256 << 10
+# The share of the evidence that one layout needs; between the two the file is ambiguous.
+_LAYOUT_SHARE = 0.75
 # Packaged `datasets` builders whose rows are lines of text files.
 _HF_LINE_BUILDERS = ("text", "bookcorpus", "bookcorpusopen")
 _HF_FILE_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
@@ -318,21 +333,117 @@ def _strip_gutenberg(lines: Iterable[str]) -> Iterator[str]:
     yield from buffered
 
 
-def _looks_like_lines_layout(path: str) -> bool:
-    sample = []
-    for line in _strip_gutenberg(_read_lines(path)):
-        if line.strip():
-            sample.append(line.strip())
-        if len(sample) >= _AUTO_SAMPLE_LINES:
-            break
-    if not sample:
-        return True
-    single = sum(
-        1
-        for s in sample
-        if len(split_sentences(s)) == 1 and s.rstrip("\"'”’»)]").endswith((".", "!", "?", "…"))
+_SENTENCE_END = (".", "!", "?", "…", "。", "！", "？")
+_CLOSERS = "\"'”’»)]"
+
+
+def _ends_sentence(line: str) -> bool:
+    return line.rstrip(_CLOSERS).endswith(_SENTENCE_END)
+
+
+def _starts_lower(line: str) -> bool:
+    line = line.lstrip(_OPENERS)
+    return bool(line) and line[0].islower()
+
+
+@dataclasses.dataclass
+class _LayoutEvidence:
+    """What ``format="auto"`` counts in a file's lines (see the module docstring)."""
+
+    sentence_lines: int = 0  # one whole sentence, and the next line of its block starts another
+    wrapped_lines: int = 0  # ends mid-sentence, and the next line goes on in lower case
+    multi_sentence_lines: int = 0  # two or more sentences of three or more words
+    nonblank_lines: int = 0
+
+    def add(self, lines: Iterable[str]) -> None:
+        """Counts one run of consecutive lines (the whole file, or one sampled block)."""
+        prev = None  # (holds one sentence, ends one, starts one) of the previous line of the block
+        for line in lines:
+            line = line.strip()
+            if not line:
+                prev = None
+                continue
+            self.nonblank_lines += 1
+            sentences = split_sentences(line)
+            if sum(len(s.split()) >= 3 for s in sentences) >= 2:
+                self.multi_sentence_lines += 1
+            ends = _ends_sentence(line)
+            if prev is not None:
+                one, ended, started = prev
+                if one and ended and started:
+                    self.sentence_lines += 1
+                elif not ended and _starts_lower(line):
+                    self.wrapped_lines += 1
+            prev = (len(sentences) == 1, ends, prev is None or prev[1])
+
+    @property
+    def for_lines(self) -> int:
+        return self.sentence_lines
+
+    @property
+    def for_paragraphs(self) -> int:
+        return self.wrapped_lines + self.multi_sentence_lines
+
+    def summary(self) -> str:
+        return (
+            f"{self.sentence_lines:,} one-sentence lines, {self.wrapped_lines:,} lines wrapping a "
+            f"sentence onto the next, {self.multi_sentence_lines:,} lines of several sentences, "
+            f"in {self.nonblank_lines:,} non-blank lines"
+        )
+
+
+def _sampled_blocks(path: str, size: int) -> Iterator[list[str]]:
+    """`_LAYOUT_BLOCKS` blocks of whole lines spread evenly through a large file, first to last."""
+    step = (size - _LAYOUT_BLOCK_BYTES) / (_LAYOUT_BLOCKS - 1)
+    try:
+        with epath.Path(path).open("rb") as f:
+            for i in range(_LAYOUT_BLOCKS):
+                offset = round(i * step)
+                f.seek(offset)
+                data = f.read(_LAYOUT_BLOCK_BYTES)
+                if offset > 0:  # drop the line the block starts inside
+                    data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+                if offset + _LAYOUT_BLOCK_BYTES < size:  # and the one it ends inside
+                    data = data[: data.rfind(b"\n") + 1]
+                text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+                yield [line.rstrip("\r") for line in text.split("\n")]
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror or e}") from None
+
+
+def _detect_layout(path: str) -> tuple[str, str]:
+    """The layout of a text file for ``format="auto"``, and why (for the log).
+
+    Raises:
+      CorpusError: the file has too little evidence for either layout, or mixed evidence.
+    """
+    evidence = _LayoutEvidence()
+    try:
+        size = _size_and_mtime(path)[0]
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror or e}") from None
+    if size <= _LAYOUT_WHOLE_FILE_BYTES:
+        where = "the whole file"
+        evidence.add(_strip_gutenberg(_read_lines(path)))
+    else:
+        where = (
+            f"{_LAYOUT_BLOCKS} blocks of {_LAYOUT_BLOCK_BYTES >> 10} KiB spread through its {size:,} bytes"
+        )
+        for block in _sampled_blocks(path, size):
+            evidence.add(_strip_gutenberg(block))
+    if evidence.nonblank_lines == 0:
+        return "lines", "no text"  # nothing to read either way; iter_documents reports the empty corpus
+    why = f"auto, from {where}: {evidence.summary()}"
+    total = evidence.for_lines + evidence.for_paragraphs
+    if total and evidence.for_lines >= _LAYOUT_SHARE * total:
+        return "lines", why
+    if total and evidence.for_paragraphs >= _LAYOUT_SHARE * total:
+        return "paragraphs", why
+    raise CorpusError(
+        f"{path}: cannot tell its layout (data.format=auto found {evidence.summary()}; either layout "
+        f"needs {_LAYOUT_SHARE:.0%} of the evidence); set data.format to lines (one sentence per line, "
+        "a blank line between documents) or paragraphs (prose, a blank line between paragraphs)"
     )
-    return single >= _LINE_LAYOUT_THRESHOLD * len(sample)
 
 
 def _documents_from_lines(lines: Iterable[str]) -> Iterator[list[str]]:
@@ -384,13 +495,23 @@ def _documents_from_paragraphs(lines: Iterable[str]) -> Iterator[list[str]]:
 
 
 def _file_documents(path: str, fmt: str) -> Iterator[list[str]]:
+    why = "data.format"
     if fmt == "auto":
-        fmt = "lines" if _looks_like_lines_layout(path) else "paragraphs"
+        fmt, why = _detect_layout(path)
     lines = _strip_gutenberg(_read_lines(path))
-    if fmt == "lines":
-        yield from _documents_from_lines(lines)
-    else:
-        yield from _documents_from_paragraphs(lines)
+    docs = _documents_from_lines(lines) if fmt == "lines" else _documents_from_paragraphs(lines)
+    yield from _logged(docs, f"corpus file {path}", fmt, why)
+
+
+def _logged(docs: Iterable[list[str]], name: str, fmt: str, why: str) -> Iterator[list[str]]:
+    """``docs``, logging the layout they are read in first and how many there were at the end."""
+    log.info("%s: reading it in the %s layout (%s)", name, fmt, why)
+    n_docs = n_sentences = 0
+    for doc in docs:
+        n_docs += 1
+        n_sentences += len(doc)
+        yield doc
+    log.info("%s: read %d documents, %d sentences (%s layout)", name, n_docs, n_sentences, fmt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,11 +537,17 @@ def _hf_documents(spec: CorpusSpec) -> Iterator[list[str]]:
         raise CorpusError(
             f"{spec.describe()} has no column {spec.text_column!r} (columns: {ds.column_names})"
         )
-    fmt = spec.format
+    fmt, why = spec.format, "data.format"
     if fmt == "auto":
-        fmt = "lines" if spec.dataset.split("/")[-1] in _HF_LINE_BUILDERS else "paragraphs"
+        line_builder = spec.dataset.split("/")[-1] in _HF_LINE_BUILDERS
+        fmt = "lines" if line_builder else "paragraphs"
+        why = (
+            "auto: a text/bookcorpus builder, a sentence per row"
+            if line_builder
+            else "auto: a document per row"
+        )
     texts = (row[spec.text_column] or "" for row in ds.select_columns([spec.text_column]))
-    yield from _documents_from_texts(texts, fmt)
+    yield from _logged(_documents_from_texts(texts, fmt), spec.describe(), fmt, why)
 
 
 def _is_saved_hf_dataset(path: str) -> bool:
@@ -464,8 +591,10 @@ def _tfds_documents(spec: CorpusSpec) -> Iterator[list[str]]:
             value = source[i][spec.text_column]
             yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    fmt = "paragraphs" if spec.format == "auto" else spec.format
-    yield from _documents_from_texts(texts(), fmt)
+    fmt, why = spec.format, "data.format"
+    if fmt == "auto":
+        fmt, why = "paragraphs", "auto: one document per TFDS example"
+    yield from _logged(_documents_from_texts(texts(), fmt), spec.describe(), fmt, why)
 
 
 # ----------------------------------------------------------------------------------------------

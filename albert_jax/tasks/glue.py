@@ -1,6 +1,6 @@
 """GLUE: the nine tasks plus the diagnostic set (ax), read from the official TSV files or the HF hub.
 
-`TASKS` is the one table of formats: where each task's files live in the layout of the GLUE download
+`TASKS` is the one table of formats (read from `glue_tasks.json`): where each task's files live in the layout of the GLUE download
 script (`download_glue_data.py`), which columns hold the texts and the label, the label strings as
 written in the files, the metrics and the GLUE-server submission file names. Everything else reads it.
 
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
 from typing import Any
 
 import jax
@@ -40,204 +42,60 @@ class Columns:
     label: str | int | None  # None: unlabelled (test files)
 
 
-@dataclasses.dataclass(frozen=True)
-class GlueSpec:
-    """One row of the GLUE table."""
-
-    name: str
-    dir: str  # folder under the glue_data root
-    files: dict[str, str]  # split -> file in `dir`; the role follows the name (train*, dev*, test*)
-    labelled: Columns  # train and dev files
-    test: Columns
-    labels: tuple[str, ...]  # as written in the files; () for regression (STS-B)
-    metrics: tuple[str, ...]
-    selection_metric: str
-    submission: dict[str, str]  # predict split -> file name the GLUE server expects
-    hf_config: str  # nyu-mll/glue config
-    hf_splits: dict[str, str]  # split -> HF split
-    hf_text: tuple[str, str | None]  # HF columns of text_a, text_b
-    hf_label_names: dict[str, str]  # HF ClassLabel name -> label as written in the files
-
-
-_MNLI_LABELS = ("contradiction", "entailment", "neutral")
-_MNLI_HF = {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"}
-_NLI_LABELS = ("entailment", "not_entailment")
-_NLI_HF = {"entailment": "entailment", "not_entailment": "not_entailment"}
-_PAIR = Columns(header=True, text_a="sentence1", text_b="sentence2", label="label")
-_PAIR_TEST = Columns(header=True, text_a="sentence1", text_b="sentence2", label=None)
 _FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HF_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
-TASKS: dict[str, GlueSpec] = {
-    spec.name: spec
-    for spec in (
-        GlueSpec(
-            name="cola",
-            dir="CoLA",
-            files=_FILES,
-            # train/dev: no header; source, label, label_mark ("*" or empty), sentence.
-            labelled=Columns(header=False, text_a=3, text_b=None, label=1),
-            test=Columns(header=True, text_a="sentence", text_b=None, label=None),
-            labels=("0", "1"),
-            metrics=("matthews_correlation",),
-            selection_metric="matthews_correlation",
-            submission={"test": "CoLA.tsv"},
-            hf_config="cola",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence", None),
-            hf_label_names={"unacceptable": "0", "acceptable": "1"},
-        ),
-        GlueSpec(
-            name="sst2",
-            dir="SST-2",
-            files=_FILES,
-            labelled=Columns(header=True, text_a="sentence", text_b=None, label="label"),
-            test=Columns(header=True, text_a="sentence", text_b=None, label=None),
-            labels=("0", "1"),
-            metrics=("accuracy",),
-            selection_metric="accuracy",
-            submission={"test": "SST-2.tsv"},
-            hf_config="sst2",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence", None),
-            hf_label_names={"negative": "0", "positive": "1"},
-        ),
-        GlueSpec(
-            name="mrpc",
-            dir="MRPC",
-            files=_FILES,
-            labelled=Columns(header=True, text_a="#1 String", text_b="#2 String", label="Quality"),
-            test=Columns(header=True, text_a="#1 String", text_b="#2 String", label=None),
-            labels=("0", "1"),
-            metrics=("accuracy", "f1"),
-            selection_metric="accuracy",
-            submission={"test": "MRPC.tsv"},
-            hf_config="mrpc",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence1", "sentence2"),
-            hf_label_names={"not_equivalent": "0", "equivalent": "1"},
-        ),
-        GlueSpec(
-            name="stsb",
-            dir="STS-B",
-            files=_FILES,
-            labelled=Columns(header=True, text_a="sentence1", text_b="sentence2", label="score"),
-            test=_PAIR_TEST,
-            labels=(),
-            metrics=("pearson", "spearmanr"),
-            selection_metric="pearson",
-            submission={"test": "STS-B.tsv"},
-            hf_config="stsb",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence1", "sentence2"),
-            hf_label_names={},
-        ),
-        GlueSpec(
-            name="qqp",
-            dir="QQP",
-            files=_FILES,
-            labelled=Columns(header=True, text_a="question1", text_b="question2", label="is_duplicate"),
-            test=Columns(header=True, text_a="question1", text_b="question2", label=None),
-            labels=("0", "1"),
-            metrics=("accuracy", "f1"),
-            selection_metric="accuracy",
-            submission={"test": "QQP.tsv"},
-            hf_config="qqp",
-            hf_splits=_HF_SPLITS,
-            hf_text=("question1", "question2"),
-            hf_label_names={"not_duplicate": "0", "duplicate": "1"},
-        ),
-        GlueSpec(
-            name="mnli",
-            dir="MNLI",
-            files={
-                "train": "train.tsv",
-                "dev_matched": "dev_matched.tsv",
-                "dev_mismatched": "dev_mismatched.tsv",
-                "test_matched": "test_matched.tsv",
-                "test_mismatched": "test_mismatched.tsv",
-            },
-            # train has label1 then gold_label, dev label1..label5 then gold_label: read it by name.
-            labelled=Columns(header=True, text_a="sentence1", text_b="sentence2", label="gold_label"),
-            test=_PAIR_TEST,
-            labels=_MNLI_LABELS,
-            metrics=("accuracy",),
-            selection_metric="accuracy",
-            submission={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
-            hf_config="mnli",
-            hf_splits={
-                "train": "train",
-                "dev_matched": "validation_matched",
-                "dev_mismatched": "validation_mismatched",
-                "test_matched": "test_matched",
-                "test_mismatched": "test_mismatched",
-            },
-            hf_text=("premise", "hypothesis"),
-            hf_label_names=_MNLI_HF,
-        ),
-        GlueSpec(
-            name="qnli",
-            dir="QNLI",
-            files=_FILES,
-            labelled=Columns(header=True, text_a="question", text_b="sentence", label="label"),
-            test=Columns(header=True, text_a="question", text_b="sentence", label=None),
-            labels=_NLI_LABELS,
-            metrics=("accuracy",),
-            selection_metric="accuracy",
-            submission={"test": "QNLI.tsv"},
-            hf_config="qnli",
-            hf_splits=_HF_SPLITS,
-            hf_text=("question", "sentence"),
-            hf_label_names=_NLI_HF,
-        ),
-        GlueSpec(
-            name="rte",
-            dir="RTE",
-            files=_FILES,
-            labelled=_PAIR,
-            test=_PAIR_TEST,
-            labels=_NLI_LABELS,
-            metrics=("accuracy",),
-            selection_metric="accuracy",
-            submission={"test": "RTE.tsv"},
-            hf_config="rte",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence1", "sentence2"),
-            hf_label_names=_NLI_HF,
-        ),
-        GlueSpec(
-            name="wnli",
-            dir="WNLI",
-            files=_FILES,
-            labelled=_PAIR,
-            test=_PAIR_TEST,
-            labels=("0", "1"),
-            metrics=("accuracy",),
-            selection_metric="accuracy",
-            submission={"test": "WNLI.tsv"},
-            hf_config="wnli",
-            hf_splits=_HF_SPLITS,
-            hf_text=("sentence1", "sentence2"),
-            hf_label_names={"not_entailment": "0", "entailment": "1"},
-        ),
-        GlueSpec(
-            name="ax",  # diagnostic set: unlabelled, predicted by an MNLI model
-            dir="diagnostic",
-            files={"test": "diagnostic.tsv"},
-            labelled=_PAIR_TEST,  # there is no labelled split
-            test=_PAIR_TEST,
-            labels=_MNLI_LABELS,
-            # The GLUE server scores AX with R3, the multi-class Matthews correlation.
-            metrics=("matthews_correlation",),
-            selection_metric="matthews_correlation",
-            submission={"test": "AX.tsv"},
-            hf_config="ax",
-            hf_splits={"test": "test"},
-            hf_text=("premise", "hypothesis"),
-            hf_label_names=_MNLI_HF,
-        ),
-    )
-}
+
+@dataclasses.dataclass(frozen=True)
+class GlueSpec:
+    """One row of the GLUE table. Fields left None take the layout most tasks share: the three files
+    train/dev/test.tsv, the test file's columns those of train and dev without the label, the first
+    metric selecting checkpoints, `<dir>.tsv` as the submission file, and the nyu-mll/glue config
+    named as the task with the train/validation/test splits."""
+
+    name: str
+    dir: str  # folder under the glue_data root
+    labelled: Columns  # train and dev files
+    labels: tuple[str, ...]  # as written in the files; () for regression (STS-B)
+    metrics: tuple[str, ...]
+    hf_text: tuple[str, str | None]  # HF columns of text_a, text_b
+    hf_label_names: dict[str, str]  # HF ClassLabel name -> label as written in the files
+    files: dict[str, str] = dataclasses.field(default_factory=lambda: dict(_FILES))  # split -> file in `dir`
+    test: Columns | None = None
+    selection_metric: str | None = None
+    submission: dict[str, str] | None = None  # predict split -> file name the GLUE server expects
+    hf_config: str | None = None  # nyu-mll/glue config
+    hf_splits: dict[str, str] = dataclasses.field(default_factory=lambda: dict(_HF_SPLITS))
+
+    def __post_init__(self) -> None:
+        defaults = {
+            "test": dataclasses.replace(self.labelled, label=None),
+            "selection_metric": self.metrics[0],
+            "submission": {"test": f"{self.dir}.tsv"},
+            "hf_config": self.name,
+        }
+        for field, value in defaults.items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, value)
+
+
+def _read_table() -> dict[str, GlueSpec]:
+    """`glue_tasks.json` (next to this module): one row per task, only the fields that differ from the
+    defaults of `GlueSpec`, and a `note` where the format needs a word."""
+    rows = json.loads(resources.files(__package__).joinpath("glue_tasks.json").read_text(encoding="utf-8"))
+    tasks = {}
+    for row in rows:
+        row.pop("note", None)
+        for key in ("labelled", "test"):
+            if key in row:
+                row[key] = Columns(**row[key])
+        for key in ("labels", "metrics", "hf_text"):
+            row[key] = tuple(row[key])
+        tasks[row["name"]] = GlueSpec(**row)
+    return tasks
+
+
+TASKS: dict[str, GlueSpec] = _read_table()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""ALBERT pretraining: the MLM + SOP loss, a pure `train_step`, evaluation and the whole run.
+"""ALBERT pretraining: the MLM + SOP (or NSP, or no sentence) loss, a pure `train_step`, evaluation and the whole run.
 
 `run(config, workdir)` is what `pretrain.py` calls. Re-running it with the same arguments resumes
 from the latest complete checkpoint in WORKDIR/checkpoints, bit for bit.
@@ -33,6 +33,7 @@ from albert_jax.training import summary, trainer
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
+_SENTENCE_ACC = ("sop_accuracy", "nsp_accuracy")
 
 
 # --- loss and steps ------------------------------------------------------------------------------
@@ -45,8 +46,12 @@ def pretraining_loss(
     rng: jax.Array,
     norm: dict[str, jax.Array],
     deterministic: bool = False,
+    *,
+    sentence_objective: str = "sop",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MLM cross-entropy over masked positions (logits computed only there) plus SOP cross-entropy.
+    """MLM cross-entropy over masked positions (logits computed only there) plus the sentence loss:
+    SOP or NSP cross-entropy of the `sop_classifier` head (one classifier either way, label 1 = swapped
+    or random next, the original's convention), or none (`sentence_objective="none"`).
 
     `norm` holds the denominators of the whole batch (`loss_norm`), so that a batch split into
     micro-batches sums to exactly the loss of the whole batch.
@@ -64,20 +69,21 @@ def pretraining_loss(
     replaced = weights * replaced_pieces(batch, jnp)
     correct = out.prediction_logits.argmax(-1) == batch["masked_lm_ids"]
     mlm_xent = optax.softmax_cross_entropy_with_integer_labels(out.prediction_logits, batch["masked_lm_ids"])
-    sop_xent = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits, batch["sentence_order_label"])
+    labels = batch["sentence_order_label"]
+    sentence_xent = optax.softmax_cross_entropy_with_integer_labels(out.sop_logits, labels)
     stats = {
         "mlm_loss_sum": jnp.sum(mlm_xent * weights),
         "mlm_weight": jnp.sum(weights),
         "mlm_correct": jnp.sum(correct * weights),
         "mlm_replaced_correct": jnp.sum(correct * replaced),
         "mlm_replaced_weight": jnp.sum(replaced),
-        "sop_loss_sum": jnp.sum(sop_xent),
-        "sop_count": jnp.asarray(sop_xent.shape[0], jnp.float32),
-        "sop_correct": jnp.sum(out.sop_logits.argmax(-1) == batch["sentence_order_label"]).astype(
-            jnp.float32
-        ),
+        "sentence_loss_sum": jnp.sum(sentence_xent),
+        "sentence_count": jnp.asarray(sentence_xent.shape[0], jnp.float32),
+        "sentence_correct": jnp.sum(out.sop_logits.argmax(-1) == labels).astype(jnp.float32),
     }
-    loss = stats["mlm_loss_sum"] / norm["mlm"] + stats["sop_loss_sum"] / norm["sop"]
+    loss = stats["mlm_loss_sum"] / norm["mlm"]
+    if sentence_objective != "none":
+        loss += stats["sentence_loss_sum"] / norm["sentence"]
     return loss, stats
 
 
@@ -90,36 +96,47 @@ def replaced_pieces(batch: Batch, xp: Any = np) -> Any:
 
 
 def loss_norm(batch: Batch) -> dict[str, jax.Array]:
-    """The whole batch's MLM and SOP denominators."""
+    """The whole batch's MLM and sentence-objective denominators."""
     return {
         "mlm": jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0),
-        "sop": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32),
+        "sentence": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32),
     }
 
 
-def summarise(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def summarise(stats: dict[str, jax.Array], *, sentence_objective: str = "sop") -> dict[str, jax.Array]:
+    """The logged metrics; the sentence objective's are `sop_*` or `nsp_*` (none: not logged)."""
     mlm_loss = stats["mlm_loss_sum"] / jnp.maximum(stats["mlm_weight"], 1.0)
-    sop_loss = stats["sop_loss_sum"] / jnp.maximum(stats["sop_count"], 1.0)
-    return {
-        "loss": mlm_loss + sop_loss,
+    out = {
+        "loss": mlm_loss,
         "mlm_loss": mlm_loss,
         "mlm_accuracy": stats["mlm_correct"] / jnp.maximum(stats["mlm_weight"], 1.0),
         "mlm_replaced_accuracy": (
             stats["mlm_replaced_correct"] / jnp.maximum(stats["mlm_replaced_weight"], 1.0)
         ),
-        "sop_loss": sop_loss,
-        "sop_accuracy": stats["sop_correct"] / jnp.maximum(stats["sop_count"], 1.0),
     }
+    if sentence_objective != "none":
+        count = jnp.maximum(stats["sentence_count"], 1.0)
+        out["loss"] = mlm_loss + stats["sentence_loss_sum"] / count
+        out[f"{sentence_objective}_loss"] = stats["sentence_loss_sum"] / count
+        out[f"{sentence_objective}_accuracy"] = stats["sentence_correct"] / count
+    return out
 
 
 def train_step(
-    state: trainer.TrainState, batch: Batch, *, seed: int, schedule: optax.Schedule, grad_accum_steps: int = 1
+    state: trainer.TrainState,
+    batch: Batch,
+    *,
+    seed: int,
+    schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
+    sentence_objective: str = "sop",
 ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
-    """One MLM+SOP optimizer step on one global batch (the shared step with this module's loss)."""
+    """One MLM + sentence-objective optimizer step on one global batch (the shared step with this
+    module's loss)."""
     step = trainer.make_train_step(
-        pretraining_loss,
+        functools.partial(pretraining_loss, sentence_objective=sentence_objective),
         loss_norm,
-        summarise,
+        functools.partial(summarise, sentence_objective=sentence_objective),
         seed=seed,
         schedule=schedule,
         grad_accum_steps=grad_accum_steps,
@@ -129,7 +146,9 @@ def train_step(
 
 def eval_step(params: Any, batch: Batch, *, apply_fn) -> dict[str, jax.Array]:
     """Summable statistics of one held-out batch (deterministic: no dropout)."""
-    _, stats = pretraining_loss(params, apply_fn, batch, jax.random.key(0), {"mlm": 1.0, "sop": 1.0}, True)
+    _, stats = pretraining_loss(
+        params, apply_fn, batch, jax.random.key(0), {"mlm": 1.0, "sentence": 1.0}, True
+    )
     return stats
 
 
@@ -170,7 +189,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
             config.init_from, "AlbertForPreTraining", seed=config.seed, **run_side
         )
     d = config.data
-    same_names = ("short_seq_prob", "masked_lm_prob", "max_ngram", "dynamic_masking", "eval_fraction")
+    same_names = (
+        "short_seq_prob",
+        "masked_lm_prob",
+        "max_ngram",
+        "dynamic_masking",
+        "eval_fraction",
+        "sentence_objective",
+        "single_sentence_chunks",
+        "favor_shorter_ngram",
+        "whole_word_masking",
+    )
     data_config = PretrainDataConfig(
         seq_len=config.seq_len, max_predictions=d.max_predictions_per_seq, **{k: d[k] for k in same_names}
     )
@@ -230,20 +259,24 @@ def run(
     with run_lib.session(config, workdir, defaults) as ctx:
         setup = resolve(config, workdir)
         model = AlbertForPreTraining(setup.model_config)
+        objective = setup.data_config.sentence_objective
         eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 
         def evaluate_state(state: trainer.TrainState, step: int) -> dict[str, float]:
             metrics = evaluate(eval_fn, state.params, setup, config, ctx.make_batch)
             if metrics:
                 log.info(
-                    "step %d held-out: MLM accuracy %.4f (baseline %.4f), "
-                    "at replaced pieces %.4f (baseline %.4f), SOP accuracy %.4f",
+                    "step %d held-out: MLM accuracy %.4f (baseline %.4f), at replaced pieces %.4f (baseline %.4f)%s",
                     step,
                     metrics["mlm_accuracy"],
                     metrics["mlm_majority_accuracy"],
                     metrics["mlm_replaced_accuracy"],
                     metrics["mlm_replaced_majority_accuracy"],
-                    metrics["sop_accuracy"],
+                    "".join(
+                        f", {k[:3].upper()} accuracy {v:.4f}"
+                        for k, v in metrics.items()
+                        if k in _SENTENCE_ACC
+                    ),
                 )
             return metrics
 
@@ -255,9 +288,9 @@ def run(
             seed=config.seed,
             init_seq_len=config.seq_len,
             params=setup.init_params,
-            loss_fn=pretraining_loss,
+            loss_fn=functools.partial(pretraining_loss, sentence_objective=objective),
             norm_fn=loss_norm,
-            summarise=summarise,
+            summarise=functools.partial(summarise, sentence_objective=objective),
             train_data=_dataset(setup, config, "train"),
             evaluate=evaluate_state,
             desc="pretrain",
@@ -283,6 +316,23 @@ def _dataset(setup: PretrainSetup, config: ml_collections.ConfigDict, split: str
     )
 
 
+def held_out_metrics(
+    params: Any,
+    setup: PretrainSetup,
+    config: ml_collections.ConfigDict,
+    *,
+    sentence_objective: str | None = None,
+) -> dict[str, float]:
+    """`evaluate` outside a run, in one process: the held-out metrics of `params` on examples made for
+    `sentence_objective` (default: the run's own), e.g. an NSP-trained model on SOP examples."""
+    if sentence_objective is not None:
+        data_config = dataclasses.replace(setup.data_config, sentence_objective=sentence_objective)
+        setup = dataclasses.replace(setup, data_config=data_config)
+    model = AlbertForPreTraining(setup.model_config)
+    eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
+    return evaluate(eval_fn, params, setup, config, lambda local: jax.tree.map(jnp.asarray, local))
+
+
 def evaluate(eval_fn, params, setup: PretrainSetup, config, make_batch) -> dict[str, float]:
     """Held-out MLM/SOP loss and accuracy, plus the accuracy of always predicting the most frequent
     target token (the baseline the MLM accuracy must beat), over all masked positions and over those whose
@@ -304,7 +354,11 @@ def evaluate(eval_fn, params, setup: PretrainSetup, config, make_batch) -> dict[
         return {}
     if jax.process_count() > 1:  # each process saw only its rows of every batch: count over all of them
         counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
-    out = {k: float(v) for k, v in summarise({k: jnp.asarray(v) for k, v in totals.items()}).items()}
+    summed = summarise(
+        {k: jnp.asarray(v) for k, v in totals.items()},
+        sentence_objective=setup.data_config.sentence_objective,
+    )
+    out = {k: float(v) for k, v in summed.items()}
     for key, found in zip(("mlm_majority_accuracy", "mlm_replaced_majority_accuracy"), counts):
         out[key] = float(found.max() / found.sum()) if found.sum() else 0.0
     return out

@@ -96,10 +96,14 @@ def fill_mask_examples(setup: Any, n: int = NUM_FILL_MASK_EXAMPLES) -> list[tupl
 def print_summary(final_eval: dict[str, float], model: nn.Module, params: Any, setup: Any) -> None:
     """Prints the held-out metrics of `final_eval` (names without `eval/`) and the fill-mask guesses
     of `model` for `fill_mask_examples(setup)` (a `pretrain.PretrainSetup`)."""
+    sentence = "".join(
+        f", {name.upper()} accuracy {final_eval[f'{name}_accuracy']:.4f} (chance 0.5)"
+        for name in ("sop", "nsp")
+        if f"{name}_accuracy" in final_eval
+    )
     print(
         f"held-out MLM accuracy {final_eval['mlm_accuracy']:.4f} "
-        f"(most-frequent-token baseline {final_eval['mlm_majority_accuracy']:.4f}), "
-        f"SOP accuracy {final_eval['sop_accuracy']:.4f} (chance 0.5)"
+        f"(most-frequent-token baseline {final_eval['mlm_majority_accuracy']:.4f}){sentence}"
     )
     print(
         "MLM accuracy where the input piece was replaced ([MASK] or random, so only the context tells): "
