@@ -531,7 +531,7 @@ def main() -> None:
     peak = peak_tflops(args)
     # After the step (its state freed), so that the step's peak memory is its own.
     ceiling = (
-        train_step_parts.matmul_ceiling(cfg, args.batch_size, args.seq_len, predictions)
+        train_step_parts.matmul_ceiling(cfg, args.batch_size, args.seq_len, predictions, flops)
         if step_s and not args.no_ceiling
         else {}
     )

@@ -5,7 +5,7 @@ else (no softmax, GELU, layer norm, dropout, optimizer): the E->H embedding proj
 QKV/output/FFN projections and attention QK^T / PV batched matmuls (one shared layer run L times in a
 `lax.scan`, as ALBERT runs it), the pooler + SOP head, and the MLM transform + decoder at the masked
 positions, forward and backward (gradients of inputs and weights: 3x the forward's FLOPs), in the
-model dtype. Its FLOPs equal the step's counted FLOPs, so step TFLOP/s / ceiling TFLOP/s is the
+model dtype. It performs the step's counted FLOPs, so step TFLOP/s / ceiling TFLOP/s is the
 fraction of what this machine's matmuls can do at these shapes.
 
 `real_batches` takes batches from the real input pipeline (`albert_jax.data.loader`) on a corpus
@@ -27,18 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_VOCAB = ROOT / "tests" / "fixtures" / "tokenizer" / "spiece.model"
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "albert_jax_bench_cache")
 TRAINED_VOCAB_SIZE = 8000  # the largest vocabulary trained for --tokens real (a soft limit)
-
-
-def ceiling_flops(
-    batch: int, seq: int, hidden: int, inter: int, emb: int, vocab: int, layers: int, predictions: int
-) -> float:
-    """FLOPs of one `matmul_ceiling` call: the same count as `train_step.model_flops_per_step`."""
-    tokens = batch * seq
-    per_token_layer = 2 * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * seq * hidden
-    forward = tokens * (2 * emb * hidden + layers * per_token_layer)
-    forward += batch * 2 * (hidden * hidden + 2 * hidden)
-    forward += batch * predictions * 2 * (hidden * emb + emb * vocab)
-    return 3.0 * forward
 
 
 def _ceiling_fn(heads: int, layers: int, predictions: int):
@@ -68,9 +56,10 @@ def _ceiling_fn(heads: int, layers: int, predictions: int):
 
 
 def matmul_ceiling(
-    cfg, batch: int, seq: int, predictions: int, *, repeats: int = 5, min_time_s: float = 0.05
+    cfg, batch: int, seq: int, predictions: int, flops: float, *, repeats: int = 5, min_time_s: float = 0.05
 ) -> dict:
-    """The achievable TFLOP/s of the step's own matmuls (shapes and dtype), best of `repeats`."""
+    """The achievable TFLOP/s of the step's own matmuls (shapes and dtype), best of `repeats`. `flops`:
+    the step's counted FLOPs (`train_step.model_flops_per_step`), which these matmuls perform."""
     h, i, e, v = cfg.hidden_size, cfg.intermediate_size, cfg.embedding_size, cfg.vocab_size
     dtype = jnp.dtype(cfg.dtype)
     shapes = {
@@ -113,7 +102,6 @@ def matmul_ceiling(
             out = compiled(inputs, w)
         jax.block_until_ready(out)
         best = min(best, (time.perf_counter() - s) / calls)
-    flops = ceiling_flops(batch, seq, h, i, e, v, cfg.num_hidden_layers, predictions)
     return {
         "matmul_ceiling_tflops": flops / best / 1e12,
         "matmul_ceiling_time_s": best,
