@@ -24,7 +24,11 @@ SUPPORTED_ACTIVATIONS = (
     "swish",
     "tanh",
 )
-REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# "auto": "dots" when the layers are scanned, else "none". A scan saves every intermediate its backward
+# reads, stacked per layer (26 stacks at ALBERT-large, 961 MiB at batch 2, seq 128), where the unrolled
+# graph lets XLA recompute the elementwise ones inside the backward's fusions; "dots" saves only the
+# matmul outputs (9 stacks, 312 MiB) and recomputes the rest, as the unrolled graph does.
+REMAT_POLICIES = ("auto", "none", "full", "dots", "dots_with_no_batch_dims")
 # auto: cuDNN's fused attention on a GPU in bfloat16/float16, XLA's einsum attention otherwise.
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # Cross-layer sharing (Lan et al., 2019, Table 4) -> the blocks of a layer that every depth shares. A layer's
@@ -87,8 +91,15 @@ class AlbertConfig:
     dtype: str = "float32"  # activations / compute
     param_dtype: str = "float32"
     scan_layers: bool = True
-    remat_policy: str = "none"
+    remat_policy: str = "auto"
     attention_impl: str = "auto"
+    # Layers per iteration of the scan over depth (1: a loop of L steps; L: unrolled, as scan_layers=False).
+    scan_unroll: int = 1
+    # Q, K and V as one [H, 3, N, D] matmul at apply time (the parameters stay HF's query/key/value).
+    fused_qkv: bool = False
+    # The bias + residual + LayerNorm and bias + GELU passes as Pallas kernels (albert_jax.kernels), one
+    # pass over the activations each, forward and backward; on a CPU they run in Pallas's interpreter.
+    fused_kernels: bool = False
 
     def __post_init__(self):
         problems = []
@@ -169,6 +180,15 @@ class AlbertConfig:
                 f"sharing={self.sharing!r} needs num_hidden_groups=1, got {brief(self.num_hidden_groups)} "
                 "(layer groups split only sharing='all', HF's layout)"
             )
+        if (
+            not isinstance(self.scan_unroll, int)
+            or isinstance(self.scan_unroll, bool)
+            or self.scan_unroll < 1
+        ):
+            problems.append(f"scan_unroll must be a positive integer, got {brief(self.scan_unroll)}")
+        for name in ("fused_qkv", "fused_kernels"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {brief(getattr(self, name))}")
         if not isinstance(self.attention_impl, str) or self.attention_impl not in ATTENTION_IMPLS:
             problems.append(
                 f"attention_impl {brief(self.attention_impl)} is not one of {', '.join(ATTENTION_IMPLS)}"
@@ -322,7 +342,16 @@ class AlbertConfig:
 
 # Settings of how the model runs, not what it computes: not in HF's config.json, and a run keeps its own
 # when it loads a checkpoint.
-JAX_ONLY_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
+JAX_ONLY_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "scan_layers",
+    "remat_policy",
+    "attention_impl",
+    "scan_unroll",
+    "fused_qkv",
+    "fused_kernels",
+)
 
 # Published shapes (Lan et al., 2019, Table 1; HF albert-*-v1/-v2 config.json). The v2 checkpoints use the
 # class defaults otherwise: gelu_new (the tanh approximation, as the original's `gelu`) and no dropout.

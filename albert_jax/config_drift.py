@@ -62,6 +62,9 @@ RULES: tuple[tuple[str, str, str], ...] = (
     # Exceptions inside the model and data groups.
     ("model.remat_policy", ALLOW, "recomputation only"),
     ("model.attention_impl", ALLOW, "the same attention through another kernel"),
+    ("model.scan_unroll", ALLOW, "the same layers, more of them per loop iteration"),
+    ("model.fused_qkv", ALLOW, "the same projections as one matmul"),
+    ("model.fused_kernels", ALLOW, "the same LayerNorm and GELU through other kernels"),
     ("data.cache_dir", ALLOW, "the token cache is keyed by corpus and vocabulary"),
     ("data.prepared", WARN, _PREPARED),
     ("data.worker_count", REFUSE, "the saved data position's format depends on it"),

@@ -33,11 +33,21 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
 }
 
+# hidden_act -> approximate, for the activations `kernels.bias_gelu` computes (others stay XLA's).
+FUSED_GELU = {"gelu": False, "gelu_new": True, "gelu_fast": True, "gelu_pytorch_tanh": True}
+
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+def remat_policy(cfg: AlbertConfig) -> str:
+    """The config's `remat_policy`, with "auto" resolved (config.REMAT_POLICIES says why)."""
+    if cfg.remat_policy != "auto":
+        return cfg.remat_policy
+    return "dots" if cfg.scan_layers and cfg.scan_unroll < cfg.num_hidden_layers else "none"
 
 
 # --- outputs (HF field names) --------------------------------------------------------------------
@@ -107,7 +117,11 @@ def dense(config: AlbertConfig, features: int, axes: tuple[str | None, str | Non
 
 
 class _Einsum(nn.Module):
-    """A linear map written as an einsum, for the attention projections' [H, N, D] / [N, D, H] kernels."""
+    """A linear map written as an einsum, for the attention projections' [H, N, D] / [N, D, H] kernels.
+
+    Called without `x`, it returns its (kernel, bias) in the compute dtype, for a caller that applies
+    several projections as one matmul (`fused_qkv`) or adds the bias inside a fused kernel.
+    """
 
     config: AlbertConfig
     equation: str
@@ -117,7 +131,7 @@ class _Einsum(nn.Module):
     bias_axes: tuple[str | None, ...]
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array | None = None):
         cfg = self.config
         kernel = self.param("kernel", _init(cfg, self.kernel_axes), self.kernel_shape, cfg.jnp_param_dtype)
         bias = self.param(
@@ -126,8 +140,58 @@ class _Einsum(nn.Module):
             self.bias_shape,
             cfg.jnp_param_dtype,
         )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.jnp_dtype)
-        return jnp.einsum(self.equation, x, kernel) + bias
+        kernel, bias = kernel.astype(cfg.jnp_dtype), bias.astype(cfg.jnp_dtype)
+        if x is None:
+            return kernel, bias
+        return jnp.einsum(self.equation, x.astype(cfg.jnp_dtype), kernel) + bias
+
+
+class _LayerNormParams(nn.Module):
+    """A LayerNorm's `scale` and `bias`, where `nn.LayerNorm` keeps them, for the fused kernel."""
+
+    config: AlbertConfig
+    axis_name: str
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array]:
+        cfg, h = self.config, self.config.hidden_size
+        ones = nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,))
+        zeros = nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,))
+        return self.param("scale", ones, (h,), cfg.jnp_param_dtype), self.param(
+            "bias", zeros, (h,), cfg.jnp_param_dtype
+        )
+
+
+def _residual_layer_norm(
+    cfg: AlbertConfig, name: str, out: Array, bias: Array, residual: Array, dropout: nn.Dropout, det: bool
+) -> Array:
+    """LayerNorm(residual + dropout(out + bias)) under `name`: one Pallas pass with `fused_kernels`
+    (the bias inside it unless dropout needs it first), else XLA's ops through `nn.LayerNorm`."""
+    if not cfg.fused_kernels:
+        return layer_norm(cfg, "hidden", name)(residual + dropout(out + bias, deterministic=det))
+    from albert_jax import kernels  # Pallas: imported only where the switch is on
+
+    if dropout.rate > 0 and not det:
+        out, bias = dropout(out + bias, deterministic=det), jnp.zeros_like(bias)
+    scale, shift = _LayerNormParams(cfg, "hidden", name=name)()
+    norm = functools.partial(kernels.add_layer_norm, eps=cfg.layer_norm_eps)
+    return _per_shard(norm, out, bias, residual, scale, shift, axes=("batch", "length", None))
+
+
+def _per_shard(fn: Callable, *args: Array, axes: tuple[str | None, ...]) -> Array:
+    """`fn(*args)` on each device's block under a mesh.
+
+    A Pallas kernel is opaque to XLA's partitioner, which would gather the activations around it: under
+    a mesh it runs in `jax.shard_map`, each [B, T, X] argument split by the logical `axes` through the
+    run's rules (the batch over data and fsdp; `mlp` over tensor), each [X] vector like the last axis.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(*args)
+    rows = jax.sharding.PartitionSpec(*nn.logical_to_mesh_axes(axes))
+    specs = tuple(rows if a.ndim > 1 else jax.sharding.PartitionSpec(rows[-1]) for a in args)
+    # check_vma=False: a pallas_call does not say how its outputs vary over the mesh axes.
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(*args)
 
 
 def layer_norm(config: AlbertConfig, axis_name: str, name: str) -> nn.LayerNorm:
@@ -149,7 +213,9 @@ class AlbertEmbeddings(nn.Module):
 
     As the original does, token types are a one-hot matmul and default positions a slice of the table:
     the gradient of a gather is a scatter-add, and thousands of rows added into a 2-row (or 512-row) table
-    serialise on a GPU (measured: 40 ms of a 160 ms ALBERT-large step on an H200).
+    serialise on a GPU (measured: 40 ms of a 160 ms ALBERT-large step on an H200). Word rows are looked
+    up in the parameter dtype and cast after, so that their gradient is a float32 scatter-add (frequent
+    ids, [MASK] or "the", contend in a bfloat16 one: openxla/xla#26371), not a cast of the whole table.
     """
 
     config: AlbertConfig
@@ -160,11 +226,10 @@ class AlbertEmbeddings(nn.Module):
     ) -> Array:
         cfg = self.config
         embed = functools.partial(
-            nn.Embed, features=cfg.embedding_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype
+            nn.Embed, features=cfg.embedding_size, dtype=cfg.jnp_param_dtype, param_dtype=cfg.jnp_param_dtype
         )
-        x = embed(cfg.vocab_size, name="word_embeddings", embedding_init=_init(cfg, ("vocab", "embed")))(
-            input_ids
-        )
+        words = embed(cfg.vocab_size, name="word_embeddings", embedding_init=_init(cfg, ("vocab", "embed")))
+        x = words(input_ids).astype(cfg.jnp_dtype)  # BTE
         types = embed(
             cfg.type_vocab_size, name="token_type_embeddings", embedding_init=_init(cfg, (None, "embed"))
         )
@@ -180,7 +245,7 @@ class AlbertEmbeddings(nn.Module):
         if position_ids is None:
             x += positions.embedding[: x.shape[-2]].astype(cfg.jnp_dtype)  # TE, broadcast over B
         else:
-            x += positions(position_ids)
+            x += positions(position_ids).astype(cfg.jnp_dtype)
         x = layer_norm(cfg, "embed", "LayerNorm")(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)  # BTE
 
@@ -220,7 +285,12 @@ class AlbertAttention(nn.Module):
         qkv = functools.partial(
             _Einsum, cfg, "BTH,HND->BTND", (h, n, d), ("hidden", "heads", "kv"), (n, d), ("heads", "kv")
         )
-        q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
+        if cfg.fused_qkv:  # one matmul: 'BTH,HKND->KBTND' with K = 3 (query, key, value)
+            kernels, biases = zip(*(qkv(name=name)() for name in ("query", "key", "value")))
+            fused = jnp.einsum("BTH,HKND->KBTND", x.astype(cfg.jnp_dtype), jnp.stack(kernels, axis=1))
+            q, k, v = fused + jnp.stack(biases)[:, None, None]
+        else:
+            q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
         attn_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
         weights = None
         if output_attentions or attn_dropout:
@@ -231,11 +301,12 @@ class AlbertAttention(nn.Module):
             context = jnp.einsum("BNTS,BSND->BTND", probs, v)
         else:
             context = _attention(q, k, v, mask, cfg)  # BTND
-        out = _Einsum(
+        kernel, bias = _Einsum(
             cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense"
-        )(context)
-        out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
-        return layer_norm(cfg, "hidden", "LayerNorm")(x + out), weights
+        )()
+        out = jnp.einsum("BTND,NDH->BTH", context, kernel)
+        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        return _residual_layer_norm(cfg, "LayerNorm", out, bias, x, dropout, deterministic), weights
 
 
 class AlbertFFN(nn.Module):
@@ -246,12 +317,21 @@ class AlbertFFN(nn.Module):
 
     @nn.compact
     def __call__(self, a: Array, deterministic: bool) -> Array:
-        cfg = self.config
-        h = dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(a)  # 'BTH,HI->BTI'
-        h = ACTIVATIONS[cfg.hidden_act](h)
-        h = dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)  # 'BTI,IH->BTH'
-        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        return layer_norm(cfg, "hidden", "full_layer_layer_norm")(h + a)
+        cfg, h, i = self.config, self.config.hidden_size, self.config.intermediate_size
+        linear = functools.partial(_Einsum, cfg, "...i,io->...o")  # HF's Dense layout: [in, out] kernels
+        kernel, bias = linear((h, i), ("hidden", "mlp"), (i,), ("mlp",), name="ffn")()
+        x = jnp.einsum("BTH,HI->BTI", a.astype(cfg.jnp_dtype), kernel)
+        if cfg.fused_kernels and cfg.hidden_act in FUSED_GELU:
+            from albert_jax import kernels
+
+            gelu = functools.partial(kernels.bias_gelu, approximate=FUSED_GELU[cfg.hidden_act])
+            x = _per_shard(gelu, x, bias, axes=("batch", "length", "mlp"))
+        else:
+            x = ACTIVATIONS[cfg.hidden_act](x + bias)
+        kernel, bias = linear((i, h), ("mlp", "hidden"), (h,), ("hidden",), name="ffn_output")()
+        x = jnp.einsum("BTI,IH->BTH", x, kernel)
+        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        return _residual_layer_norm(cfg, "full_layer_layer_norm", x, bias, a, dropout, deterministic)
 
 
 BLOCKS = ("attention", "ffn")
@@ -354,10 +434,9 @@ class AlbertTransformer(nn.Module):
         )  # 'BTE,EH->BTH'
         x = nn.with_logical_constraint(x, ("batch", "length", "hidden"))
         group_cls = AlbertLayerGroup
-        if cfg.remat_policy != "none":
-            group_cls = nn.remat(
-                group_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
-            )
+        policy = remat_policy(cfg)
+        if policy != "none":
+            group_cls = nn.remat(group_cls, policy=_REMAT_POLICIES[policy], prevent_cse=not cfg.scan_layers)
         flags = dict(
             deterministic=deterministic,
             output_attentions=output_attentions,
@@ -376,6 +455,7 @@ class AlbertTransformer(nn.Module):
                         split_rngs={"params": False, "dropout": True},
                         in_axes=nn.broadcast,
                         length=repeats,
+                        unroll=min(cfg.scan_unroll, repeats),
                     )
                     x, outputs = scanned(cfg, **flags, name=f"group_{g}")(x, mask)
                     _extend(all_states, all_weights, outputs)
@@ -399,7 +479,9 @@ class AlbertTransformer(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast,
                 length=cfg.num_hidden_layers,
-                unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
+                unroll=min(cfg.scan_unroll, cfg.num_hidden_layers)
+                if cfg.scan_layers
+                else cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             own = tuple(b for b in BLOCKS if b not in shared_blocks)

@@ -41,6 +41,7 @@ __all__ = [
     "learning_rate_schedule",
     "make_optimizer",
     "scale_by_albert_adam",
+    "scale_by_layerwise_trust_ratio",
     "skip_nonfinite",
 ]
 
@@ -169,6 +170,35 @@ def scale_by_albert_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _is_stacked(path: tuple[Any, ...]) -> bool:
+    """Whether a leaf holds one tensor per layer on its leading axis: the scanned per-layer parameters of
+    `model.sharing` none/attention/ffn, under the encoder's `layers` scope ([L, ...])."""
+    return "layers" in _path_names(path)
+
+
+def scale_by_layerwise_trust_ratio() -> optax.GradientTransformation:
+    """``optax.scale_by_trust_ratio`` with one ratio per tensor of the model, not per array: a stacked
+    leaf ([L, ...], `_is_stacked`) gets L ratios, each from its own layer's norms, as the original,
+    which keeps every layer's weights as separate variables, computes them."""
+
+    def update(updates: Any, state: optax.ScaleByTrustRatioState, params: Any = None):
+        if params is None:
+            raise ValueError("the trust ratio needs the parameters")
+
+        def scale(path, u, p):
+            axes = tuple(range(1, u.ndim)) if _is_stacked(path) and u.ndim > 1 else None
+            norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True))  # noqa: E731
+            p_norm, u_norm = norm(p), norm(u)
+            ratio = jnp.where(
+                (p_norm == 0) | (u_norm == 0), 1.0, p_norm / jnp.where(u_norm == 0, 1.0, u_norm)
+            )
+            return (u * ratio).astype(u.dtype)
+
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.ScaleByTrustRatioState(), update)
+
+
 def lamb(
     learning_rate: float | optax.Schedule,
     b1: float = 0.9,
@@ -184,7 +214,8 @@ def lamb(
     """ALBERT's LAMB (no gradient clipping inside).
 
     Per leaf: ``u = m / (sqrt(v) + eps)``; ``u += wd * w`` where ``mask``;
-    ``u *= ||w|| / ||u||`` where ``mask`` (1 if either norm is 0);
+    ``u *= ||w|| / ||u||`` where ``mask`` (1 if either norm is 0; per layer for a stacked leaf,
+    `scale_by_layerwise_trust_ratio`);
     ``w -= lr * u``. ``mask`` is a bool pytree, a function of params, or
     ``None`` (decay and adapt every leaf). ``bias_correction=True`` swaps in
     ``optax.scale_by_adam`` (the LAMB paper's variant); ``trust_ratio=False``
@@ -197,7 +228,7 @@ def lamb(
         moments = scale_by_albert_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
     steps = [moments, optax.add_decayed_weights(weight_decay, mask)]
     if trust_ratio:
-        ratio = optax.scale_by_trust_ratio()
+        ratio = scale_by_layerwise_trust_ratio()
         steps.append(ratio if mask is None else optax.masked(ratio, mask))
     return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))
 

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from albert_jax import modeling
 from albert_jax import sharding as sharding_lib
 from albert_jax.config import AlbertConfig
 from albert_jax.modeling import AlbertForPreTraining, init_params
@@ -84,6 +85,9 @@ def model_config(args) -> AlbertConfig:
         remat_policy=args.remat,
         attention_impl=args.attention,
         scan_layers=not args.unrolled,
+        scan_unroll=args.scan_unroll,
+        fused_qkv=args.fused_qkv,
+        fused_kernels=args.fused_kernels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -215,6 +219,7 @@ def measure_ours(cfg: AlbertConfig, args, batch_np: dict, stream_np: list[dict] 
         **compile_times,
         "step_time_s": statistics.median(times[args.warmup :]) if times else None,
         **xla_memory(compiled),
+        **train_step_parts.scan_residuals(compiled.as_text()),
         "peak_device_bytes": peak_device_memory(),
         "peak_rss_bytes": peak_rss_bytes(),
     }
@@ -312,10 +317,10 @@ def measure_hf_torch(cfg: AlbertConfig, args, batch_np: dict) -> dict:
     }
 
 
-def measure_unrolled(cfg: AlbertConfig, args, batch_np: dict) -> dict:
-    """Compile time of the same step with the layers unrolled (HF Flax's layout)."""
-    unrolled = dict(vars(args), steps=1, warmup=0, profile="")
-    return measure_ours(cfg.replace(scan_layers=False), argparse.Namespace(**unrolled), batch_np)
+def measure_unrolled(cfg: AlbertConfig, args, batch_np: dict, stream_np: list[dict] | None = None) -> dict:
+    """The same step with the layers unrolled (HF Flax's layout): compile and step time."""
+    unrolled = dict(vars(args), profile="")
+    return measure_ours(cfg.replace(scan_layers=False), argparse.Namespace(**unrolled), batch_np, stream_np)
 
 
 HF_FLAX_VENV_HOWTO = (
@@ -412,7 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--remat", default="none", help="none|full|dots|dots_with_no_batch_dims")
+    p.add_argument("--remat", default="auto", help="auto|none|full|dots|dots_with_no_batch_dims")
+    p.add_argument("--scan-unroll", type=int, default=1, help="layers per scan iteration (scan_unroll)")
+    p.add_argument("--fused-qkv", action="store_true", help="Q, K, V as one matmul (fused_qkv)")
+    p.add_argument(
+        "--fused-kernels", action="store_true", help="Pallas LayerNorm/GELU kernels (fused_kernels)"
+    )
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "lamb"))
     p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"), help="attention_impl")
     p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (depth scaling)")
@@ -520,7 +530,7 @@ def main() -> None:
         if i:
             ours_runs.append(measure_ours(cfg, compile_only, batch))
         if "unrolled" in compare:
-            unrolled_runs.append(measure_unrolled(cfg, args if i == 0 else compile_only, batch))
+            unrolled_runs.append(measure_unrolled(cfg, args if i == 0 else compile_only, batch, stream))
         if hf_flax:
             hf_flax_runs.append(hf_flax.first if i == 0 else hf_flax.compile_again())
     if hf_flax:
@@ -544,6 +554,10 @@ def main() -> None:
         "seq_len": args.seq_len,
         "dtype": args.dtype,
         "remat": args.remat,
+        "remat_resolved": modeling.remat_policy(cfg),
+        "scan_unroll": cfg.scan_unroll,
+        "fused_qkv": cfg.fused_qkv,
+        "fused_kernels": cfg.fused_kernels,
         "optimizer": args.optimizer,
         "attention": args.attention,
         "scan_layers": cfg.scan_layers,
@@ -564,7 +578,7 @@ def main() -> None:
         # Measured: the device allocator's peak where there is one, else the process's peak RSS.
         "peak_memory_bytes": peak_mem,
         "peak_memory_kind": "device" if ours["peak_device_bytes"] else "process_rss",
-        **{k: v for k, v in ours.items() if k.startswith("xla_")},
+        **{k: v for k, v in ours.items() if k.startswith(("xla_", "scan_"))},
     }
     xla_peak = ours["xla_peak_bytes"]
     print(
@@ -602,9 +616,21 @@ def main() -> None:
         unrolled = fastest(unrolled_runs)
         result["unrolled_compile_time_s"] = unrolled["compile_time_s"]
         result["compile_speedup_vs_unrolled"] = unrolled["compile_time_s"] / ours["compile_time_s"]
+        unrolled_step = unrolled_runs[0]["step_time_s"]
+        if unrolled_step and step_s:
+            result["unrolled_step_time_s"] = unrolled_step
+            result["unrolled_tokens_per_sec"] = tokens / unrolled_step
+            result["speedup_vs_unrolled"] = unrolled_step / step_s
         print(
-            f"unrolled ({cfg.num_hidden_layers} layers): compile {unrolled['compile_time_s']:.2f} s  -> "
-            f"scanned compiles {result['compile_speedup_vs_unrolled']:.2f}x faster"
+            f"unrolled ({cfg.num_hidden_layers} layers, remat {modeling.remat_policy(cfg.replace(scan_layers=False))}): "
+            f"compile {unrolled['compile_time_s']:.2f} s  -> scanned compiles "
+            f"{result['compile_speedup_vs_unrolled']:.2f}x faster"
+            + (
+                f"; step {unrolled_step * 1e3:.1f} ms {result['unrolled_tokens_per_sec']:,.0f} tokens/s -> "
+                f"scanned is {result['speedup_vs_unrolled']:.2f}x tokens/s"
+                if "speedup_vs_unrolled" in result
+                else ""
+            )
         )
     if hf_flax:
         hf = fastest(hf_flax_runs)

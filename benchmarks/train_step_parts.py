@@ -15,6 +15,7 @@ tokenized with a SentencePiece vocabulary, fetched to host before anything is ti
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +108,26 @@ def matmul_ceiling(
         "matmul_ceiling_time_s": best,
         "matmul_ceiling_compile_s": compile_s,
     }
+
+
+_HLO_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1}
+
+
+def scan_residuals(hlo_text: str) -> dict:
+    """What the forward scan over depth carries to the backward, read off the compiled program: the
+    per-layer stacks in the first while loop's state ([L, ...] buffers that each iteration writes one
+    slice of) and their size. The unrolled step has no loop: 0."""
+    loop = re.search(r"= \((.*?)\) while\(.*?known_trip_count\":\{\"n\":\"(\d+)\"", hlo_text)
+    if loop is None:
+        return {"scan_stacks": 0, "scan_stack_bytes": 0}
+    trips = loop.group(2)
+    stacks = [
+        (dtype, dims)
+        for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", loop.group(1))
+        if dims.split(",")[0] == trips and "," in dims
+    ]
+    size = sum(_HLO_BYTES.get(t, 4) * int(np.prod([int(d) for d in dims.split(",")])) for t, dims in stacks)
+    return {"scan_stacks": len(stacks), "scan_stack_bytes": size}
 
 
 def real_tokenizer(corpus_files: str, vocab: str, vocab_size: int):

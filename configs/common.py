@@ -81,7 +81,7 @@ def finetune_config(recipe: str, task: str, size: str = "base") -> ml_collection
     c.seed = 0
     c.num_seeds = 1  # > 1: one run per seed in WORKDIR/seed_<k>, summary with mean ± std
     c.max_seq_length = max_seq
-    c.length_buckets = ()  # padded lengths of batches; empty: max/8, max/4, max/2, max (`--config.length_buckets="(64,128)"`)
+    c.length_buckets = ()  # padded lengths of batches; empty: 8, 16, …, 64, then 4 per doubling up to max (`--config.length_buckets="(64,128)"`)
     c.batch_size = batch
     c.eval_batch_size = 64
     c.grad_accum_steps = 1

@@ -30,7 +30,14 @@ def _inputs(n=37, t=64, seed=0, choices=None):
 
 
 @pytest.mark.parametrize(
-    "max_len,expected", [(512, (64, 128, 256, 512)), (128, (16, 32, 64, 128)), (20, (8, 16, 20))]
+    "max_len,expected",
+    [
+        (512, (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)),
+        (128, (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)),
+        (100, (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)),
+        (20, (8, 16, 20)),
+        (8, (8,)),
+    ],
 )
 def test_default_buckets(max_len, expected):
     assert finetuning.default_buckets(max_len) == expected
@@ -121,3 +128,45 @@ def test_predict_gives_one_row_per_example_equal_to_the_forward_pass():
     assert out["logits"].shape == (21, 3)
     direct = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"]).logits
     np.testing.assert_allclose(out["logits"], direct, atol=2e-5)  # bucketing never changes a prediction
+
+
+def test_a_training_batch_cut_to_its_bucket_gives_the_loss_and_gradients_of_full_padding():
+    """Buckets change only padding: the fine-tuning loss and its gradients on a batch cut to the default
+    bucket match those on the same rows padded to max_seq_length."""
+    from albert_jax.tasks.glue import GlueTask
+
+    cfg = AlbertConfig(
+        vocab_size=100,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    model = AlbertForSequenceClassification(cfg)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    inputs = _inputs(n=8, t=64, seed=5)
+    inputs["attention_mask"][:, 30:] = 0  # the longest row has 30 tokens: bucket 32
+    inputs["input_ids"][:, 30:] = 0
+    inputs["labels"] = inputs["labels"] % 2
+    loss_fn, norm_fn = finetune.make_loss(GlueTask("sst2"))
+
+    def loss_and_grads(batch):
+        batch = jax.tree.map(np.asarray, batch)
+        grad = jax.grad(loss_fn, has_aux=True)
+        norm = norm_fn(batch)
+        loss = loss_fn(params, model.apply, batch, jax.random.key(1), norm)[0]
+        return loss, grad(params, model.apply, batch, jax.random.key(1), norm)[0]
+
+    whole = finetuning.train_dataset(
+        inputs, global_batch_size=len(inputs["labels"]), seed=0, buckets=finetuning.default_buckets(64)
+    )
+    length = next(iter(whole))["input_ids"].shape[1]
+    assert length == 32
+    cut = {k: v[:, :length] if v.ndim == 2 else v for k, v in inputs.items()}
+    loss_cut, grads_cut = loss_and_grads(cut)
+    loss_full, grads_full = loss_and_grads(inputs)
+    np.testing.assert_allclose(loss_cut, loss_full, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_cut, grads_full)

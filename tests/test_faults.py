@@ -279,6 +279,7 @@ def test_allowed_warned_and_overridden_changes_resume(reference, tmp_path, caplo
         ("data.masked_lm_prob", "refuse"),
         ("mesh.fsdp", "warn"),
         ("model.remat_policy", "allow"),  # exceptions inside a group
+        ("model.fused_kernels", "allow"),
         ("data.cache_dir", "allow"),
         ("data.prepared", "warn"),
         ("total_steps", "allow"),

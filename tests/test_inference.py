@@ -28,7 +28,7 @@ TINY = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "intermediate_size": 64,
-    "max_position_embeddings": 128,  # length buckets 16, 32, 64, 128
+    "max_position_embeddings": 128,  # length buckets 8, 16, …, 64, 80, 96, 112, 128
 }
 
 
@@ -79,11 +79,11 @@ def test_same_bucket_does_not_retrace(tok):
     module, params = build(AlbertForPreTraining, intermediate_size=48)  # a module no other test compiles
     size = inference._forward._cache_size
     before = size()
-    inference.fill_mask(module, params, tok, "a [MASK] day.")  # bucket 16
+    inference.fill_mask(module, params, tok, "a [MASK] day.")  # 6 tokens: bucket 8
     assert size() == before + 1
-    inference.fill_mask(module, params, tok, "it was a very [MASK] and sunny day.")  # still bucket 16
+    inference.fill_mask(module, params, tok, "it was a [MASK] day.")  # 8 tokens: still bucket 8
     assert size() == before + 1
-    inference.fill_mask(module, params, tok, "it was a very [MASK] and sunny day, " * 2)  # bucket 32
+    inference.fill_mask(module, params, tok, "it was a very [MASK] and sunny day.")  # 13: bucket 16
     assert size() == before + 2
 
 

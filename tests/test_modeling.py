@@ -312,11 +312,12 @@ def test_scan_and_unrolled_agree():
 
 
 @pytest.mark.parametrize(
-    "policy,scan", [("full", True), ("dots", True), ("dots_with_no_batch_dims", True), ("full", False)]
+    "policy,scan",
+    [("full", True), ("dots", True), ("dots_with_no_batch_dims", True), ("auto", True), ("full", False)],
 )
 def test_remat_changes_nothing_but_memory(policy, scan):
     config = AlbertConfig(**TINY, num_hidden_groups=2, scan_layers=scan)
-    plain = modeling.AlbertForPreTraining(config)
+    plain = modeling.AlbertForPreTraining(config.replace(remat_policy="none"))
     remat = modeling.AlbertForPreTraining(config.replace(remat_policy=policy))
     params = init(plain, 3)
     inputs = {k: jnp.asarray(v) for k, v in batch(config, (2, 10)).items()}

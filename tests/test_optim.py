@@ -369,3 +369,27 @@ def test_skip_nonfinite_matches_optax_apply_if_finite(name):
         u_ref, s_ref = ref.update(grads, s_ref, params)
         jax.tree.map(np.testing.assert_array_equal, (u_ours, s_ours), (u_ref, s_ref))
     assert int(s_ours.total_notfinite) == 3 and int(s_ours.notfinite_count) == 0
+
+
+def test_trust_ratio_is_per_layer_for_stacked_leaves():
+    """A stacked [L, ...] leaf (sharing none/attention/ffn) gets each layer's own ratio: the same update as
+    optax's per-array trust ratio on each layer alone; any other leaf gets optax's ratio."""
+    rng = np.random.default_rng(0)
+    params = {
+        "encoder": {"layers": {"layer_0": {"ffn": {"kernel": jnp.asarray(rng.normal(size=(3, 4, 5)))}}}},
+        "pooler": {"kernel": jnp.asarray(rng.normal(size=(4, 4)))},
+    }
+    updates = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)) * 0.1, params)
+    updates["encoder"]["layers"]["layer_0"]["ffn"]["kernel"] *= jnp.asarray([1.0, 10.0, 0.0])[:, None, None]
+    ours, _ = optim.scale_by_layerwise_trust_ratio().update(updates, optax.ScaleByTrustRatioState(), params)
+    reference = optax.scale_by_trust_ratio()
+    pooler, _ = reference.update(updates["pooler"], reference.init(params["pooler"]), params["pooler"])
+    np.testing.assert_allclose(ours["pooler"]["kernel"], pooler["kernel"], rtol=1e-6)
+    stacked = ours["encoder"]["layers"]["layer_0"]["ffn"]["kernel"]
+    for i in range(3):
+        u, p = (t["encoder"]["layers"]["layer_0"]["ffn"]["kernel"][i] for t in (updates, params))
+        expected, _ = reference.update(u, reference.init(p), p)
+        np.testing.assert_allclose(stacked[i], expected, rtol=1e-6)
+    assert np.linalg.norm(stacked[1]) == pytest.approx(
+        np.linalg.norm(params["encoder"]["layers"]["layer_0"]["ffn"]["kernel"][1])
+    )

@@ -128,6 +128,14 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]] | str | None]] = [
         r"^python benchmarks/finetune_buckets\.py",
         lambda c: (f"{c} --max-seq-length 64 --batch-size 2 --steps 1", {}),
     ),
+    (
+        r"^python benchmarks/finetune_torch\.py",
+        lambda c: (
+            re.sub(r" --max-seq-length \d+", "", c)
+            + " --max-seq-length 64 --batch-size 2 --steps 2 --train-rows 64 --dev-rows 64",
+            {},
+        ),
+    ),
     (r"^python benchmarks/tokenizer_speed\.py", lambda c: (f"{c} --repeat 1 --copies 1", {})),
     (r"^python benchmarks/sentence_split\.py", lambda c: (f"{c} --repeat 1", {})),
     (r"^python benchmarks/input_pipeline\.py", lambda c: (f"{c} --examples 64 --seq-len 128", {})),
@@ -137,7 +145,7 @@ RULES: list[tuple[str, Callable[[str], tuple[str, dict]] | str | None]] = [
 
 
 # Benchmarks of real data: they need ../shared/data (CI has it, a fresh clone does not).
-NEEDS_SHARED = r"^python benchmarks/(finetune_buckets|sentence_split|tokenizer_speed)\.py"
+NEEDS_SHARED = r"^python benchmarks/(finetune_buckets|finetune_torch|sentence_split|tokenizer_speed)\.py"
 # HF's Flax ALBERT runs under a side venv (transformers 4.x), which CI does not make.
 NEEDS_HF_FLAX = r"^python benchmarks/train_step\.py .*--compare \S*hf-flax"
 

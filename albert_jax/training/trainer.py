@@ -384,10 +384,10 @@ def fit(
 def _report(pending, sink: MetricsSink, progress: Progress, config) -> int:
     """Logs one step's metrics (every `log_every`); returns its non-finite streak, raising past the limit."""
     step, metrics, throughput, flops = pending
-    metrics = jax.device_get(metrics)
-    streak = int(metrics["nonfinite_streak"])
+    # Only the streak is read every step; the other metrics cross to the host when they are logged.
+    streak = int(jax.device_get(metrics["nonfinite_streak"]))
     if step % config.log_every == 0 or step == config.total_steps or streak:
-        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics.update(throughput.rates(flops))
         sink.write(step, metrics, prefix=workdir_lib.TRAIN_PREFIX)
         progress.logged(step, metrics)
