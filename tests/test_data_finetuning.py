@@ -96,17 +96,19 @@ def test_eval_batches_cover_every_row_once(processes):
     assert got == list(range(21))
 
 
+TINY_MODEL = dict(
+    vocab_size=100,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
 def test_predict_gives_one_row_per_example_equal_to_the_forward_pass():
-    cfg = AlbertConfig(
-        vocab_size=100,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
+    cfg = AlbertConfig(**TINY_MODEL, num_labels=3)
     model = AlbertForSequenceClassification(cfg)
     params = nn.unbox(init_params(model, jax.random.key(0)))
     inputs = _inputs(n=21)
@@ -135,16 +137,7 @@ def test_a_training_batch_cut_to_its_bucket_gives_the_loss_and_gradients_of_full
     bucket match those on the same rows padded to max_seq_length."""
     from albert_jax.tasks.glue import GlueTask
 
-    cfg = AlbertConfig(
-        vocab_size=100,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
+    cfg = AlbertConfig(**TINY_MODEL, num_labels=2)
     model = AlbertForSequenceClassification(cfg)
     params = nn.unbox(init_params(model, jax.random.key(0)))
     inputs = _inputs(n=8, t=64, seed=5)
