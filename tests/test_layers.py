@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "albert_jax"
 # The order is the data flow: tokenizer → data → model → run files and checkpoints → training → tools.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "storage", "cli"),  # what every module may use: error types, retries, the error path
-    ("config", "hub", "hf_files", "tokenizer", "optim", "sharding"),
+    ("config", "hub", "hf_files", "tokenizer", "optim", "sharding", "kernels"),
     ("data.*", "tasks.*", "modeling"),
     ("hf", "checkpoint", "workdir", "run_lock", "config_drift", "pretrained", "inference"),
     ("training", "training.preemption"),  # `training` is the package's (empty) __init__
