@@ -40,6 +40,10 @@ SHARED_BLOCKS: dict[str, tuple[str, ...]] = {
     "ffn": ("ffn",),
     "none": (),
 }
+# The encoder scope of the per-layer parameters of sharing none/attention/ffn, stacked on a leading [L]
+# axis (`layers/layer_<j>/…`); also the axis's logical name. The optimizer's per-layer trust ratio and
+# the HF mapping find stacked leaves by it.
+LAYERS_SCOPE = "layers"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Upper bounds that catch corrupt or hostile config.json files before init allocates for them; each is
 # far above any published model (ALBERT xxlarge: hidden 4096, 223M parameters).

@@ -27,7 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from albert_jax import errors, hub
-from albert_jax.config import SHARED_BLOCKS, AlbertConfig
+from albert_jax.config import LAYERS_SCOPE, SHARED_BLOCKS, AlbertConfig
 from albert_jax.hf_files import load_state_dict, to_numpy
 from albert_jax.modeling import HEADS, AlbertModel, init_params
 
@@ -140,7 +140,7 @@ def _expand(config: AlbertConfig) -> dict[str, Row]:
                 rows[ours.format(group="shared", j=j)] = Row((hf.format(g=0, j=j),), transform)
             else:
                 keys = tuple(hf.format(g=i, j=j) for i in range(config.num_hidden_layers))
-                rows[ours.format(group="layers", j=j)] = Row(keys, transform, stacked=True)
+                rows[ours.format(group=LAYERS_SCOPE, j=j)] = Row(keys, transform, stacked=True)
     return rows
 
 

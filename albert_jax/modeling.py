@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from albert_jax import errors
-from albert_jax.config import SHARED_BLOCKS, AlbertConfig
+from albert_jax.config import LAYERS_SCOPE, SHARED_BLOCKS, AlbertConfig
 
 Array = jax.Array
 
@@ -47,7 +47,10 @@ def remat_policy(cfg: AlbertConfig) -> str:
     """The config's `remat_policy`, with "auto" resolved (config.REMAT_POLICIES says why)."""
     if cfg.remat_policy != "auto":
         return cfg.remat_policy
-    return "dots" if cfg.scan_layers and cfg.scan_unroll < cfg.num_hidden_layers else "none"
+    scan_length = (
+        cfg.num_hidden_layers // cfg.num_hidden_groups if cfg.sharing == "all" else cfg.num_hidden_layers
+    )
+    return "dots" if cfg.scan_layers and cfg.scan_unroll < scan_length else "none"
 
 
 # --- outputs (HF field names) --------------------------------------------------------------------
@@ -286,8 +289,8 @@ class AlbertAttention(nn.Module):
             _Einsum, cfg, "BTH,HND->BTND", (h, n, d), ("hidden", "heads", "kv"), (n, d), ("heads", "kv")
         )
         if cfg.fused_qkv:  # one matmul: 'BTH,HKND->KBTND' with K = 3 (query, key, value)
-            kernels, biases = zip(*(qkv(name=name)() for name in ("query", "key", "value")))
-            fused = jnp.einsum("BTH,HKND->KBTND", x.astype(cfg.jnp_dtype), jnp.stack(kernels, axis=1))
+            qkv_kernels, biases = zip(*(qkv(name=name)() for name in ("query", "key", "value")))
+            fused = jnp.einsum("BTH,HKND->KBTND", x.astype(cfg.jnp_dtype), jnp.stack(qkv_kernels, axis=1))
             q, k, v = fused + jnp.stack(biases)[:, None, None]
         else:
             q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
@@ -301,10 +304,11 @@ class AlbertAttention(nn.Module):
             context = jnp.einsum("BNTS,BSND->BTND", probs, v)
         else:
             context = _attention(q, k, v, mask, cfg)  # BTND
-        kernel, bias = _Einsum(
+        dense_out = _Einsum(
             cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense"
-        )()
-        out = jnp.einsum("BTND,NDH->BTH", context, kernel)
+        )
+        kernel, bias = dense_out()  # the bias goes in with the residual
+        out = jnp.einsum(dense_out.equation, context, kernel)
         dropout = nn.Dropout(cfg.hidden_dropout_prob)
         return _residual_layer_norm(cfg, "LayerNorm", out, bias, x, dropout, deterministic), weights
 
@@ -318,9 +322,10 @@ class AlbertFFN(nn.Module):
     @nn.compact
     def __call__(self, a: Array, deterministic: bool) -> Array:
         cfg, h, i = self.config, self.config.hidden_size, self.config.intermediate_size
-        linear = functools.partial(_Einsum, cfg, "...i,io->...o")  # HF's Dense layout: [in, out] kernels
-        kernel, bias = linear((h, i), ("hidden", "mlp"), (i,), ("mlp",), name="ffn")()
-        x = jnp.einsum("BTH,HI->BTI", a.astype(cfg.jnp_dtype), kernel)
+        # HF's Dense layout: [in, out] kernels. Each bias goes in with what follows (GELU, the residual).
+        ffn = _Einsum(cfg, "BTH,HI->BTI", (h, i), ("hidden", "mlp"), (i,), ("mlp",), name="ffn")
+        kernel, bias = ffn()
+        x = jnp.einsum(ffn.equation, a.astype(cfg.jnp_dtype), kernel)
         if cfg.fused_kernels and cfg.hidden_act in FUSED_GELU:
             from albert_jax import kernels
 
@@ -328,8 +333,11 @@ class AlbertFFN(nn.Module):
             x = _per_shard(gelu, x, bias, axes=("batch", "length", "mlp"))
         else:
             x = ACTIVATIONS[cfg.hidden_act](x + bias)
-        kernel, bias = linear((i, h), ("mlp", "hidden"), (h,), ("hidden",), name="ffn_output")()
-        x = jnp.einsum("BTI,IH->BTH", x, kernel)
+        ffn_output = _Einsum(
+            cfg, "BTI,IH->BTH", (i, h), ("mlp", "hidden"), (h,), ("hidden",), name="ffn_output"
+        )
+        kernel, bias = ffn_output()
+        x = jnp.einsum(ffn_output.equation, x, kernel)
         dropout = nn.Dropout(cfg.hidden_dropout_prob)
         return _residual_layer_norm(cfg, "full_layer_layer_norm", x, bias, a, dropout, deterministic)
 
@@ -482,10 +490,10 @@ class AlbertTransformer(nn.Module):
                 unroll=min(cfg.scan_unroll, cfg.num_hidden_layers)
                 if cfg.scan_layers
                 else cfg.num_hidden_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
+                metadata_params={nn.PARTITION_NAME: LAYERS_SCOPE},
             )
             own = tuple(b for b in BLOCKS if b not in shared_blocks)
-            x, outputs = scanned(cfg, **flags, blocks=own, name="layers")(x, mask, shared)
+            x, outputs = scanned(cfg, **flags, blocks=own, name=LAYERS_SCOPE)(x, mask, shared)
             _extend(all_states, all_weights, outputs)
         return (
             x,

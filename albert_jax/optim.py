@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from albert_jax import errors
+from albert_jax.config import LAYERS_SCOPE
 
 __all__ = [
     "OPTIMIZERS",
@@ -172,8 +173,8 @@ def scale_by_albert_adam(
 
 def _is_stacked(path: tuple[Any, ...]) -> bool:
     """Whether a leaf holds one tensor per layer on its leading axis: the scanned per-layer parameters of
-    `model.sharing` none/attention/ffn, under the encoder's `layers` scope ([L, ...])."""
-    return "layers" in _path_names(path)
+    `model.sharing` none/attention/ffn, under the encoder's `config.LAYERS_SCOPE` ([L, ...])."""
+    return LAYERS_SCOPE in _path_names(path)
 
 
 def scale_by_layerwise_trust_ratio() -> optax.GradientTransformation:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -982,6 +983,11 @@ def _training_source(source: Any) -> tuple[Iterable[str] | list[Path], bool]:
     return paths, True
 
 
+# Bump when `train_tokenizer`'s defaults (flags, preprocessing) change what it trains: vocabularies that
+# `data.prepare.vocabulary` keeps in a data cache are keyed by it.
+TRAINING_VERSION = 1
+
+
 def train_tokenizer(
     files_or_text_iterator: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str],
     output_prefix: str | os.PathLike,
@@ -1023,7 +1029,6 @@ def train_tokenizer(
     flags = {"do_lower_case": do_lower_case, "remove_space": remove_space, "keep_accents": keep_accents}
     sentences = _Sentences(source, files, flags)
     spm_flags: dict[str, Any] = {
-        "model_prefix": str(prefix),
         "vocab_size": vocab_size,
         "pad_id": 0,
         "unk_id": 1,
@@ -1039,8 +1044,11 @@ def train_tokenizer(
         "minloglevel": 1,
     }
     spm_flags.update(extra_spm_flags)
+    # Through a writer, not model_prefix: the model then records no (temporary) output path, so the same
+    # text and flags give the same bytes, and the same fingerprint for the data caches.
+    model = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), **spm_flags)
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, **spm_flags)
     except RuntimeError as e:
         if sentences.error is not None:
             raise sentences.error from None
@@ -1055,7 +1063,16 @@ def train_tokenizer(
         if "sentences_.empty()" in message:
             raise errors.InputError("no training text: the input has no non-empty lines") from None
         raise errors.InputError(f"sentencepiece training failed: {message.strip()}") from None
+    Path(f"{prefix}.model").write_bytes(model.getvalue())
+    _write_vocab(model.getvalue(), f"{prefix}.vocab")
     return f"{prefix}.model"
+
+
+def _write_vocab(model: bytes, path: str) -> None:
+    """spm_train's ``.vocab`` listing: one ``piece<TAB>score`` line per id (C++'s default float format)."""
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -116,7 +116,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.data.text_column = "text"
     c.data.tfds = ""  # TFDS name, read with tfds.data_source
     c.data.tokenizer = ""  # spiece.model (or an HF dir); empty = train one on the corpus into WORKDIR
-    c.data.cache_dir = ""  # token cache; empty = ~/.cache/albert_jax
+    c.data.cache_dir = ""  # token caches and trained vocabularies; empty = ~/.cache/albert_jax
     c.data.prepared = ""  # a DIR from `python -m albert_jax.data.prepare`: its vocabulary and token cache
     c.data.short_seq_prob = 0.1
     c.data.masked_lm_prob = 0.15

@@ -77,7 +77,6 @@ def test_restart_compiles_nothing_new(tmp_path):
     workdir = tmp_path / "run"
     args = cli_args(
         workdir,
-        tmp_path,
         total_steps=4,
         warmup_steps=1,
         log_every=1,

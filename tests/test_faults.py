@@ -56,7 +56,7 @@ def reference(tmp_path_factory):
     """An uninterrupted 12-step pretraining run; tests copy it, or rerun on it where nothing changes."""
     tmp = tmp_path_factory.mktemp("reference")
     workdir = str(tmp / "run")
-    pretrain.run(small_config(tmp, **RUN), workdir)
+    pretrain.run(small_config(**RUN), workdir)
     return tmp, workdir
 
 
@@ -91,7 +91,7 @@ def test_damaged_latest_checkpoint_falls_back_and_resumes_exactly(reference, tmp
     checkpoints = os.path.join(workdir, "checkpoints")
     _damage(os.path.join(checkpoints, "12"), how)
     with caplog.at_level(logging.WARNING, logger="albert_jax.checkpoint"):
-        pretrain.run(small_config(reference[0], **RUN), workdir)
+        pretrain.run(small_config(**RUN), workdir)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "checkpoint 12" in warning and "resuming from step 8" in warning, warning
     assert ("incomplete" if how == "no commit marker" else "byte range") in warning, warning
@@ -107,9 +107,7 @@ def test_fallback_through_the_cli_is_one_warning_and_no_traceback(reference, tmp
     """What a user sees when the latest checkpoint is damaged: one warning line for it, nothing else."""
     workdir = _copy(reference, tmp_path)
     _damage(os.path.join(workdir, "checkpoints", "12"), "truncated arrays")
-    proc = subprocess.run(
-        cli_args(workdir, reference[0], **RUN), cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run(cli_args(workdir, **RUN), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "is unusable" in line]
@@ -145,7 +143,7 @@ def test_transient_storage_errors_are_retried_and_set_nothing_aside(
     workdir = _copy(reference, tmp_path)
     flaky = _Flaky(Checkpointer.restore, failures=3)
     monkeypatch.setattr(Checkpointer, "restore", lambda self, *a, **k: flaky(self, *a, **k))
-    pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+    pretrain.run(small_config(**{**RUN, "total_steps": 14}), workdir)
     assert flaky.calls == 4  # three 503s, then the restore of step 12
     assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith("bad-")]
     assert sorted(_losses(workdir)) == list(range(1, 15))
@@ -161,7 +159,7 @@ def test_storage_errors_that_persist_stop_with_one_line_and_set_nothing_aside(
     flaky = _Flaky(Checkpointer.restore, failures=100)
     monkeypatch.setattr(Checkpointer, "restore", lambda self, *a, **k: flaky(self, *a, **k))
     with pytest.raises(CheckpointError) as err:
-        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+        pretrain.run(small_config(**{**RUN, "total_steps": 14}), workdir)
     message = cli.one_line(err.value)
     assert "checkpoint 12" in message and "storage error" in message and "nothing was set aside" in message
     assert "move them away" not in message  # never a suggestion to throw good checkpoints away
@@ -184,7 +182,7 @@ def test_a_run_file_torn_by_a_crash_is_dropped_with_a_warning_and_the_run_resume
     with open(path, "w") as f:
         f.write(torn)
     with caplog.at_level(logging.WARNING):
-        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir)
+        pretrain.run(small_config(**{**RUN, "total_steps": 14}), workdir)
     assert any(name in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), caplog.text
     assert sorted(_losses(workdir)) == list(range(1, 15))
     ref = _losses(reference[1])
@@ -199,7 +197,7 @@ def test_no_checkpoint_restores_is_one_line_and_starts_nothing(reference, tmp_pa
         _damage(os.path.join(workdir, "checkpoints", step), "truncated arrays")
     before = _snapshot(workdir)
     with pytest.raises(CheckpointError) as err:
-        pretrain.run(small_config(reference[0], **RUN), workdir)
+        pretrain.run(small_config(**RUN), workdir)
     message = cli.one_line(err.value)
     assert message == str(err.value) and "no checkpoint in" in message and "step 4:" in message
     assert _snapshot(workdir) == before  # nothing moved aside, metrics not truncated, no lock left
@@ -223,7 +221,7 @@ def test_refused_change_names_the_key_on_one_line(reference, key, value):
     tmp, workdir = reference
     before = _snapshot(workdir)
     with pytest.raises(config_drift.ConfigDriftError) as err:
-        pretrain.run(small_config(tmp, **{**RUN, key: value}), workdir)
+        pretrain.run(small_config(**{**RUN, key: value}), workdir)
     message = cli.one_line(err.value)
     assert message == str(err.value)
     old = json.dumps(_saved(workdir, key))
@@ -243,7 +241,7 @@ def test_refusal_through_the_cli_is_one_error_line(reference):
     tmp, workdir = reference
     before = _snapshot(workdir)
     proc = subprocess.run(
-        cli_args(workdir, tmp, **{**RUN, "model.hidden_size": 32}), cwd=REPO, capture_output=True, text=True
+        cli_args(workdir, **{**RUN, "model.hidden_size": 32}), cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert _errors(proc.stderr) == [
@@ -260,7 +258,7 @@ def test_allowed_warned_and_overridden_changes_resume(reference, tmp_path, caplo
         RUN, total_steps=14, eval_every=7, batch_size=8, learning_rate=0.02, allow_config_change=True
     )
     with caplog.at_level(logging.INFO, logger="albert_jax.config_drift"):
-        pretrain.run(small_config(reference[0], **changed), workdir)
+        pretrain.run(small_config(**changed), workdir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, warnings
     assert any("batch_size 16 → 8" in w and "no longer matches" in w for w in warnings), warnings
@@ -306,12 +304,12 @@ def test_a_workdir_from_before_a_key_existed_resumes(reference, tmp_path, caplog
     open(path, "w").write(json.dumps(saved))
     defaults = pretrain_configs.get_config("tiny")  # what cli.config_defaults() gives the entry point
     before = _snapshot(workdir)
-    changed = small_config(reference[0], **{**RUN, "data.dynamic_masking": False})  # not today's default
+    changed = small_config(**{**RUN, "data.dynamic_masking": False})  # not today's default
     with pytest.raises(config_drift.ConfigDriftError, match=r"data.dynamic_masking \(absent\) → false"):
         pretrain.run(changed, workdir, defaults=defaults)
     assert _snapshot(workdir) == before
     with caplog.at_level(logging.WARNING, logger="albert_jax.config_drift"):
-        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 14}), workdir, defaults=defaults)
+        pretrain.run(small_config(**{**RUN, "total_steps": 14}), workdir, defaults=defaults)
     drift = [
         r for r in caplog.records if r.name == "albert_jax.config_drift" and r.levelno >= logging.WARNING
     ]
@@ -344,7 +342,7 @@ def test_a_library_resume_without_defaults_assumes_them_with_a_warning(reference
     del saved["checkpoint_every_minutes"]
     open(path, "w").write(json.dumps(saved))
     with caplog.at_level(logging.WARNING, logger="albert_jax.config_drift"):
-        pretrain.run(small_config(reference[0], **{**RUN, "total_steps": 13}), workdir)
+        pretrain.run(small_config(**{**RUN, "total_steps": 13}), workdir)
     assert "checkpoint_every_minutes (absent) → 0.0" in caplog.text and "predates" in caplog.text
 
 
@@ -384,9 +382,7 @@ def test_lock_refuses_live_holders_and_takes_over_stale_ones(tmp_path):
 
 def test_two_runs_on_one_workdir_leave_one_and_sigkill_does_not_block_the_rerun(reference, tmp_path):
     workdir = str(tmp_path / "run")
-    args = cli_args(
-        workdir, reference[0], **{**_shared(reference), "total_steps": 300, "checkpoint_every": 2}
-    )
+    args = cli_args(workdir, **{**_shared(reference), "total_steps": 300, "checkpoint_every": 2})
     pipe = subprocess.PIPE
     procs = [subprocess.Popen(args, cwd=REPO, stdout=pipe, stderr=pipe, text=True) for _ in range(2)]
     try:
@@ -409,7 +405,7 @@ def test_two_runs_on_one_workdir_leave_one_and_sigkill_does_not_block_the_rerun(
                 p.kill()
                 p.wait()
     rerun = subprocess.run(
-        cli_args(workdir, reference[0], **{**_shared(reference), "total_steps": 6, "checkpoint_every": 2}),
+        cli_args(workdir, **{**_shared(reference), "total_steps": 6, "checkpoint_every": 2}),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -450,12 +446,12 @@ def _fill(directory: str, leave: int) -> str:
 def test_disk_full_during_save_is_one_line_and_a_rerun_resumes(reference, small_filesystem):
     workdir = os.path.join(small_filesystem, "run")
     run = dict(_shared(reference), total_steps=4, checkpoint_every=2, keep_checkpoints=10)
-    pretrain.run(small_config(reference[0], **run), workdir)
+    pretrain.run(small_config(**run), workdir)
     checkpoints = os.path.join(workdir, "checkpoints")
     saved = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())
     filler = _fill(small_filesystem, leave=400_000)  # room for logs, not for a ~1 MB checkpoint
 
-    args = cli_args(workdir, reference[0], **{**run, "total_steps": 8})
+    args = cli_args(workdir, **{**run, "total_steps": 8})
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = _errors(proc.stderr)
@@ -464,7 +460,7 @@ def test_disk_full_during_save_is_one_line_and_a_rerun_resumes(reference, small_
     assert not os.path.exists(os.path.join(workdir, "run.lock"))
 
     os.remove(filler)
-    pretrain.run(small_config(reference[0], **{**run, "total_steps": 8}), workdir)
+    pretrain.run(small_config(**{**run, "total_steps": 8}), workdir)
     assert sorted(_losses(workdir)) == list(range(1, 9))
     assert "8" in os.listdir(checkpoints)
     assert not [n for n in os.listdir(checkpoints) if "tmp" in n]  # the failed save's leftovers are gone
@@ -480,7 +476,7 @@ def test_synchronous_checkpointing_saves_the_same_run(reference, tmp_path, monke
 
     monkeypatch.setattr(trainer, "Checkpointer", spy)
     workdir = str(tmp_path / "run")
-    pretrain.run(small_config(reference[0], **_shared(reference), async_checkpointing=False), workdir)
+    pretrain.run(small_config(**_shared(reference), async_checkpointing=False), workdir)
     assert made == [False]
     assert {k: m["train/loss"] for k, m in _losses(workdir).items()} == {
         k: m["train/loss"] for k, m in _losses(reference[1]).items()

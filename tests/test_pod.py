@@ -79,7 +79,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[str
 def run(workdir: str, tmp_path, processes: int, **overrides) -> list[str]:
     log_dir = tmp_path / f"logs-{os.path.basename(workdir)}-{processes}-{time.time_ns()}"
     log_dir.mkdir()
-    return _finish(_start(cli_args(workdir, tmp_path, **{**RUN, **overrides}), processes, log_dir))
+    return _finish(_start(cli_args(workdir, **{**RUN, **overrides}), processes, log_dir))
 
 
 def _losses(workdir: str) -> dict[int, dict]:
@@ -109,7 +109,7 @@ def preempt(workdir: str, tmp_path, processes: int, signalled: tuple[int, ...], 
     logged, and checks that every process saved the same step and exited 0; returns that step."""
     log_dir = tmp_path / f"logs-preempted-{processes}-{time.time_ns()}"
     log_dir.mkdir()
-    procs = _start(cli_args(workdir, tmp_path, **RUN), processes, log_dir)
+    procs = _start(cli_args(workdir, **RUN), processes, log_dir)
     try:
         _wait_for_step(workdir, 3, procs)
         for k, i in enumerate(signalled):

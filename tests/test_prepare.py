@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from etils import epath
-from sentencepiece import sentencepiece_model_pb2
 from test_pretrain import REPO, SMALL, cli_args, read_metrics, small_config
 
 from albert_jax.data import prepare, pretraining, text
@@ -52,11 +51,6 @@ def prepared(corpus, tmp_path_factory):
     return str(out)
 
 
-def _pieces(model_file):
-    proto = sentencepiece_model_pb2.ModelProto.FromString(pathlib.Path(model_file).read_bytes())
-    return [(p.piece, p.score, p.type) for p in proto.pieces], proto.normalizer_spec.SerializeToString()
-
-
 def _forbid(*_, **__):
     raise AssertionError("a run on a prepared corpus must not read or tokenize the raw corpus")
 
@@ -70,10 +64,11 @@ def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypa
     )
 
     fly = str(tmp_path / "on_the_fly")
-    pretrain.run(small_config(tmp_path, **RUN, **corpus), fly)
-    # The run trained its vocabulary on the same text with the same code: the same pieces and scores (the
-    # model files differ only in the trainer's recorded output path).
-    assert _pieces(os.path.join(fly, "spiece.model")) == _pieces(os.path.join(prepared, "spiece.model"))
+    pretrain.run(small_config(**RUN, **corpus), fly)
+    # The run trained its vocabulary on the same text with the same code: the same file.
+    assert (
+        pathlib.Path(fly, "spiece.model").read_bytes() == pathlib.Path(prepared, "spiece.model").read_bytes()
+    )
 
     for module, name in (
         (pretraining, "iter_documents"),
@@ -85,7 +80,7 @@ def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypa
     monkeypatch.setattr(TokenizedCorpus, "_write", staticmethod(_forbid))
     ready = str(tmp_path / "prepared_run")
     config = small_config(
-        tmp_path, **RUN, **corpus, **{"data.prepared": prepared, "data.cache_dir": str(tmp_path / "empty")}
+        **RUN, **corpus, **{"data.prepared": prepared, "data.cache_dir": str(tmp_path / "empty")}
     )
     pretrain.run(config, ready)
     assert not os.path.exists(tmp_path / "empty")  # no token cache was built
@@ -94,6 +89,38 @@ def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypa
     got = [{k: v for k, v in m.items() if not k.endswith("_per_sec")} for m in read_metrics(ready)]
     assert [m["step"] for m in got if "train/loss" in m] == [1, 2, 3]
     assert got == ref  # loss for loss, exactly
+
+
+def test_a_trained_vocabulary_is_kept_in_the_data_cache_and_reused(corpus, tmp_path, monkeypatch):
+    """A run with no data.tokenizer trains once per corpus and size: another WORKDIR with the same data
+    cache copies that file (no training); another size or a changed corpus file trains its own."""
+    spec = prepare.corpus_spec(small_config(**corpus).data)
+    cache = str(tmp_path / "cache")
+    first = prepare.vocabulary("", spec, 1000, tmp_path / "a" / "spiece.model", cache)
+    names = [p.name for p in pathlib.Path(cache).iterdir()]
+    assert len(names) == 1 and names[0].startswith("vocab-files-1000-") and names[0].endswith(".model"), names
+    with monkeypatch.context() as m:
+        m.setattr(prepare, "train_tokenizer", _forbid)
+        again = prepare.vocabulary("", spec, 1000, tmp_path / "b" / "spiece.model", cache)
+    assert (tmp_path / "b" / "spiece.model").read_bytes() == (tmp_path / "a" / "spiece.model").read_bytes()
+    assert again.fingerprint == first.fingerprint
+
+    trained = []
+    real = prepare.train_tokenizer
+    monkeypatch.setattr(
+        prepare, "train_tokenizer", lambda *a, **k: trained.append(k["vocab_size"]) or real(*a, **k)
+    )
+    prepare.vocabulary("", spec, 900, tmp_path / "c" / "spiece.model", cache)
+    changed = tmp_path / "changed.txt"
+    changed.write_text(
+        pathlib.Path(corpus["data.files"]).read_text() + "One more sentence here. And another one.\n"
+    )
+    other = prepare.corpus_spec(small_config(**{"data.files": str(changed)}).data)
+    prepare.vocabulary("", other, 1000, tmp_path / "d" / "spiece.model", cache)
+    prepare.vocabulary("", spec, 1000, tmp_path / "e" / "spiece.model")  # no cache: trains
+    assert trained == [900, 1000, 1000]
+    assert len(list(pathlib.Path(cache).glob("vocab-*.model"))) == 3
+    assert not list(pathlib.Path(cache).glob(".*"))  # no temporary file left
 
 
 @pytest.mark.parametrize(
@@ -105,7 +132,7 @@ def test_prepared_run_equals_on_the_fly_run(corpus, prepared, tmp_path, monkeypa
     ],
 )
 def test_prepared_corpus_mismatch_is_refused(corpus, prepared, tmp_path, overrides, needle):
-    config = small_config(tmp_path, **{**corpus, "data.prepared": prepared, **overrides})
+    config = small_config(**{**corpus, "data.prepared": prepared, **overrides})
     with pytest.raises(ValueError, match=needle):
         pretrain.resolve(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
@@ -114,7 +141,7 @@ def test_prepared_corpus_mismatch_is_refused(corpus, prepared, tmp_path, overrid
 def test_missing_manifest_is_one_error_line(tmp_path):
     not_prepared = tmp_path / "not_prepared"
     not_prepared.mkdir()
-    args = cli_args(str(tmp_path / "run"), tmp_path, **RUN) + [f"--config.data.prepared={not_prepared}"]
+    args = cli_args(str(tmp_path / "run"), **RUN) + [f"--config.data.prepared={not_prepared}"]
     proc = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -130,7 +157,7 @@ def test_copied_prepared_corpus_loads_and_a_swapped_vocabulary_is_refused(corpus
     the one the cache was tokenized with is refused."""
     copy = tmp_path / "copy"
     prepare._copy_tree(epath.Path(prepared), epath.Path(copy))
-    spec = prepare.corpus_spec(small_config(tmp_path, **corpus).data)
+    spec = prepare.corpus_spec(small_config(**corpus).data)
     _, loaded = prepare.load(str(copy), spec, SMALL["model.vocab_size"], str(tmp_path / "cache"))
     with open(os.path.join(prepared, prepare.MANIFEST)) as f:
         assert loaded.num_tokens == json.load(f)["num_tokens"]
@@ -153,9 +180,9 @@ def test_copied_prepared_corpus_loads_and_a_swapped_vocabulary_is_refused(corpus
 def test_rerun_reuses_and_another_corpus_into_the_same_dir_is_refused(corpus, prepared, tmp_path, capsys):
     with open(os.path.join(prepared, prepare.MANIFEST)) as f:
         before = json.load(f)
-    assert prepare.prepare(small_config(tmp_path, **corpus), prepared) == before
+    assert prepare.prepare(small_config(**corpus), prepared) == before
     assert "(reused)" in capsys.readouterr().out
     with pytest.raises(
         prepare.PreparedCorpusError, match=f"--output={prepared} holds another prepared corpus"
     ):
-        prepare.prepare(small_config(tmp_path, **{**corpus, "data.format": "paragraphs"}), prepared)
+        prepare.prepare(small_config(**{**corpus, "data.format": "paragraphs"}), prepared)

@@ -25,6 +25,7 @@ from configs import pretrain as pretrain_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_VOCAB = os.path.join(REPO, "tests", "fixtures", "tokenizer", "spiece.model")
+DATA_CACHE = os.environ["ALBERT_JAX_TEST_DATA_CACHE"]  # the session's data cache (conftest.py)
 
 # A model small enough for a 2-core CI machine, with everything else as in the `tiny` preset.
 SMALL = {
@@ -55,9 +56,9 @@ def set_keys(config, settings):
         node[leaf] = value
 
 
-def small_config(tmp_path, **overrides):
+def small_config(**overrides):
     config = pretrain_configs.get_config("tiny")
-    set_keys(config, {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides})
+    set_keys(config, {**SMALL, "data.cache_dir": DATA_CACHE, **overrides})
     return config
 
 
@@ -66,8 +67,8 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def cli_args(workdir, tmp_path, **overrides):
-    settings = {**SMALL, "data.cache_dir": str(tmp_path / "cache"), **overrides}
+def cli_args(workdir, **overrides):
+    settings = {**SMALL, "data.cache_dir": DATA_CACHE, **overrides}
     return [
         sys.executable,
         os.path.join(REPO, "pretrain.py"),
@@ -86,7 +87,7 @@ def test_tiny_run_learns(tmp_path):
     config = pretrain_configs.get_config("tiny")
     config.batch_size, config.total_steps, config.warmup_steps, config.log_every = 32, 500, 50, 10
     config.eval_every, config.checkpoint_every, config.eval_steps = 0, 1000, 10
-    config.data.cache_dir, config.progress_bar = str(tmp_path / "cache"), False
+    config.data.cache_dir, config.progress_bar = DATA_CACHE, False
     final = pretrain.run(config, workdir)
     train = [m for m in read_metrics(workdir) if "train/loss" in m]
     assert train[0]["step"] == 10 and train[-1]["step"] == 500
@@ -220,7 +221,7 @@ def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
 
     overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
     fresh = str(tmp_path / "fresh")
-    config = small_config(tmp_path, **overrides)
+    config = small_config(**overrides)
     pretrain.run(config, fresh)
 
     model = AlbertForPreTraining(pretrain.model_config_from(config))
@@ -230,7 +231,7 @@ def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
     AlbertTokenizer.from_pretrained(fresh).save_pretrained(start)
 
     continued = str(tmp_path / "continued")
-    pretrain.run(small_config(tmp_path, init_from=start, **overrides), continued)
+    pretrain.run(small_config(init_from=start, **overrides), continued)
     ref = [m for m in read_metrics(fresh) if "train/loss" in m]
     got = [m for m in read_metrics(continued) if "train/loss" in m]
     assert [m["step"] for m in got] == [1, 2, 3]
@@ -238,7 +239,7 @@ def test_continued_pretraining_differs_only_in_starting_parameters(tmp_path):
         np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-6)
 
     from_run = str(tmp_path / "from_run")
-    pretrain.run(small_config(tmp_path, init_from=fresh, **overrides), from_run)
+    pretrain.run(small_config(init_from=fresh, **overrides), from_run)
     assert [m for m in read_metrics(from_run) if "train/loss" in m][0]["train/loss"] < ref[0]["train/loss"]
     # The model's shape and vocabulary come from init_from, whatever config.model says.
     assert (
@@ -267,16 +268,16 @@ def test_sigkill_then_rerun_reproduces_losses_bitwise(tmp_path):
         total_steps=14, warmup_steps=2, log_every=1, eval_every=0, checkpoint_every=4, keep_checkpoints=2
     )
     reference = str(tmp_path / "reference")
-    subprocess.run(cli_args(reference, tmp_path, **overrides), check=True, cwd=REPO, capture_output=True)
+    subprocess.run(cli_args(reference, **overrides), check=True, cwd=REPO, capture_output=True)
 
     workdir = str(tmp_path / "killed")
     proc = subprocess.Popen(
-        cli_args(workdir, tmp_path, **overrides), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cli_args(workdir, **overrides), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     _wait_for_step(workdir, 9, proc)  # past the step-8 checkpoint, mid-interval
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run(cli_args(workdir, tmp_path, **overrides), cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(cli_args(workdir, **overrides), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ref = {m["step"]: m for m in read_metrics(reference) if "train/loss" in m}
@@ -419,7 +420,6 @@ def test_diverging_run_stops_with_one_line_and_keeps_checkpoints(tmp_path):
     workdir = str(tmp_path / "run")
     args = cli_args(
         workdir,
-        tmp_path,
         learning_rate=1e30,
         warmup_steps=0,
         total_steps=20,
@@ -464,7 +464,7 @@ def existing_run(tmp_path_factory):
     """A workdir holding a finished short run; bad-input reruns must leave it exactly as it is."""
     tmp = tmp_path_factory.mktemp("existing")
     workdir = str(tmp / "run")
-    config = small_config(tmp, total_steps=2, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=2)
+    config = small_config(total_steps=2, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=2)
     pretrain.run(config, workdir)
     return tmp, workdir
 
@@ -507,7 +507,7 @@ def test_bad_input_is_one_clear_line_and_destroys_nothing(existing_run, case):
     tmp, workdir = existing_run
     extra, needle = _bad_input_cases(tmp)[case]
     before = _snapshot(workdir)
-    args = cli_args(workdir, tmp, total_steps=4, warmup_steps=1) + extra
+    args = cli_args(workdir, total_steps=4, warmup_steps=1) + extra
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     lines = [

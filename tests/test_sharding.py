@@ -19,7 +19,6 @@ MESH_RUN = textwrap.dedent(
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax
     sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
-    import pathlib
     from test_pretrain import small_config
     from albert_jax.training import pretrain, trainer
     from albert_jax.training import run as run_lib
@@ -28,8 +27,7 @@ MESH_RUN = textwrap.dedent(
     from albert_jax import optim
 
     assert jax.device_count() == 8
-    tmp = pathlib.Path({tmp!r})
-    config = small_config(tmp, **{overrides!r})
+    config = small_config(**{overrides!r})
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     pretrain.run(config, {workdir!r})
 
@@ -52,10 +50,10 @@ MESH_RUN = textwrap.dedent(
 def test_mesh_run_matches_single_device(tmp_path):
     overrides = dict(total_steps=3, warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=3)
     single = str(tmp_path / "single")
-    pretrain.run(small_config(tmp_path, **overrides), single)
+    pretrain.run(small_config(**overrides), single)
 
     meshed = str(tmp_path / "mesh")
-    script = MESH_RUN.format(repo=REPO, tmp=str(tmp_path), overrides=overrides, workdir=meshed)
+    script = MESH_RUN.format(repo=REPO, overrides=overrides, workdir=meshed)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600
     )

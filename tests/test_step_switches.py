@@ -104,6 +104,11 @@ def test_auto_remat_is_dots_under_a_scan_only():
     assert modeling.remat_policy(config.replace(scan_layers=False)) == "none"
     assert modeling.remat_policy(config.replace(scan_unroll=config.num_hidden_layers)) == "none"
     assert modeling.remat_policy(config.replace(remat_policy="full")) == "full"
+    # With groups, each group's scan runs L/G steps: unrolling those leaves no scan.
+    groups = config.replace(num_hidden_layers=4, num_hidden_groups=2)
+    assert modeling.remat_policy(groups.replace(scan_unroll=1)) == "dots"
+    assert modeling.remat_policy(groups.replace(scan_unroll=2)) == "none"
+    assert modeling.remat_policy(groups.replace(sharing="none", num_hidden_groups=1, scan_unroll=2)) == "dots"
 
 
 def _scan_stacks(config: AlbertConfig) -> int:

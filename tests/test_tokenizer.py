@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.tokenizer import (
     SPECIAL_TOKENS,
     AlbertTokenizer,
@@ -528,6 +530,23 @@ def test_train_tokenizer_flags(trained):
     assert not any(p != p.lower() for p in pieces if p not in SPECIAL_TOKENS)
     assert "é" not in "".join(pieces)
     assert Path(str(trained)[: -len(".model")] + ".vocab").is_file()
+
+
+def test_training_again_gives_the_same_files(trained, tmp_path):
+    """The same text and flags give the same bytes wherever the model is written (the data caches key on
+    them), and the .vocab listing is spm_train's own."""
+    again = Path(
+        train_tokenizer(TRAINING_TEXT * 3, tmp_path / "elsewhere" / "spiece", vocab_size=400, num_threads=1)
+    )
+    assert again.read_bytes() == trained.read_bytes()
+    assert again.with_suffix(".vocab").read_text() == trained.with_suffix(".vocab").read_text()
+    flags = dict(vocab_size=50, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, minloglevel=2, num_threads=1)
+    text = [f"the king said hello to the queen {i} times and {i + 1} more" for i in range(200)]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(tmp_path / "spm"), **flags)
+    tokenizer_lib._write_vocab((tmp_path / "spm.model").read_bytes(), str(tmp_path / "ours.vocab"))
+    assert (tmp_path / "ours.vocab").read_text(encoding="utf-8") == (tmp_path / "spm.vocab").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_trained_vocab_has_all_eight_user_defined_symbols(tmp_path):

@@ -30,12 +30,13 @@ import time
 from typing import Any
 
 import ml_collections
+import sentencepiece as spm
 from etils import epath
 
 from albert_jax import errors
 from albert_jax.data.pretraining import FORMAT_VERSION, TokenizedCorpus
 from albert_jax.data.text import CorpusError, CorpusSpec, iter_documents, source_fingerprint
-from albert_jax.tokenizer import AlbertTokenizer, train_tokenizer
+from albert_jax.tokenizer import TRAINING_VERSION, AlbertTokenizer, train_tokenizer
 
 __all__ = [
     "MANIFEST",
@@ -68,9 +69,14 @@ def default_cache_dir(data: ml_collections.ConfigDict) -> str:
     return data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "albert_jax")
 
 
-def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str | os.PathLike) -> AlbertTokenizer:
+def vocabulary(
+    path: str, spec: CorpusSpec, vocab_size: int, own: str | os.PathLike, cache_dir: str | None = None
+) -> AlbertTokenizer:
     """The spiece.model at ``path`` (a file or an HF/run directory); else ``own`` if it exists; else a
-    ``vocab_size``-piece vocabulary trained on ``spec`` into ``own``.
+    ``vocab_size``-piece vocabulary trained on ``spec`` into ``own``. With ``cache_dir``, a vocabulary
+    trained there earlier on the same source (`source_fingerprint`) with the same size is copied
+    instead of trained again (training is deterministic, so it is the same file), and a new one is
+    kept there.
 
     Raises:
       CorpusError: the corpus is missing or empty (checked before anything is written).
@@ -79,6 +85,12 @@ def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str | os.PathL
         return AlbertTokenizer.from_pretrained(path)
     own = epath.Path(own)
     if own.exists():
+        return AlbertTokenizer(own)
+    cached = _cached_vocabulary(spec, vocab_size, cache_dir) if cache_dir else None
+    if cached is not None and cached.exists():
+        log.info("reusing the %d-piece vocabulary %s trained on %s", vocab_size, cached, spec.describe())
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_bytes(cached.read_bytes())
         return AlbertTokenizer(own)
     sentences = (s for doc in iter_documents(spec) for s in doc)
     first = next(sentences, None)  # CorpusError for a missing/empty corpus before `own` is written
@@ -91,7 +103,21 @@ def vocabulary(path: str, spec: CorpusSpec, vocab_size: int, own: str | os.PathL
         )
         own.parent.mkdir(parents=True, exist_ok=True)
         own.write_bytes(epath.Path(trained).read_bytes())
+    if cached is not None:  # written whole under a temporary name, then renamed: never half a file
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.tmp-", dir=cached.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(own.read_bytes())
+        os.replace(tmp, cached)
     return AlbertTokenizer(own)
+
+
+def _cached_vocabulary(spec: CorpusSpec, vocab_size: int, cache_dir: str) -> epath.Path:
+    """Where `vocabulary` keeps what it trained on ``spec``: keyed by the source, the size, the training
+    recipe's version and sentencepiece's."""
+    key = f"{source_fingerprint(spec)}|{vocab_size}|{TRAINING_VERSION}|{spm.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return epath.Path(cache_dir) / f"vocab-{spec.kind}-{vocab_size}-{digest}.model"
 
 
 def _chain(first: str, rest):

@@ -218,7 +218,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> PretrainSetup:
     if init is not None:
         tokenizer = loaded_tokenizer
     else:
-        tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir)
+        tokenizer = _tokenizer(d.tokenizer, spec, model_config, workdir, cache_dir)
     tokenizer.check_vocab_size(model_config.vocab_size, "data.tokenizer")
     corpus = TokenizedCorpus.build(spec, tokenizer, cache_dir)
     return PretrainSetup(model_config, data_config, spec, tokenizer, corpus, init)
@@ -239,15 +239,20 @@ def _check_same_vocabulary(
             )
 
 
-def _tokenizer(path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str) -> AlbertTokenizer:
-    """The configured spiece.model; else the one this run trained earlier; else train one now."""
+def _tokenizer(
+    path: str, spec: CorpusSpec, model_config: AlbertConfig, workdir: str, cache_dir: str
+) -> AlbertTokenizer:
+    """The configured spiece.model; else the one this run trained earlier; else one trained on the same
+    corpus before (kept in the data cache); else train one now."""
     own = workdir_lib.path(workdir, workdir_lib.VOCAB)
-    if path or own.exists():
-        return prepare.vocabulary(path, spec, model_config.vocab_size, own)
+    if path or jax.process_count() == 1:
+        return prepare.vocabulary(path, spec, model_config.vocab_size, own, cache_dir)
+    # Only process 0 writes WORKDIR's vocabulary, and every process passes the same barrier: a host that
+    # looked for the file after process 0 wrote it would otherwise skip the barrier and leave the others
+    # waiting at it (WORKDIR is shared).
     if jax.process_index() == 0:
-        prepare.vocabulary(path, spec, model_config.vocab_size, own)
-    if jax.process_count() > 1:  # the other hosts read what process 0 wrote (WORKDIR is shared)
-        multihost_utils.sync_global_devices("albert_jax: vocabulary trained")
+        prepare.vocabulary(path, spec, model_config.vocab_size, own, cache_dir)
+    multihost_utils.sync_global_devices("albert_jax: vocabulary ready")
     return AlbertTokenizer(own)
 
 
