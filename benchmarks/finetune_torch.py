@@ -279,6 +279,7 @@ def main() -> None:
         "train_rows": args.train_rows,
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "config": dict(args.config),  # our side's --config overrides
         "cpu": cpu_name(),
         "jax": jax.__version__,
         "platform": jax.devices()[0].platform,
