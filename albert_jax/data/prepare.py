@@ -97,18 +97,18 @@ def vocabulary(
     if first is None:
         raise CorpusError(f"the corpus {spec.describe()} has no sentences")
     log.info("training a %d-piece vocabulary on %s", vocab_size, spec.describe())
-    with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files; `own` may be gs://
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+    # sentencepiece writes local files (`own` may be gs://); trained beside the cache entry, the model
+    # is renamed into it whole, so the cache never holds half a file.
+    with tempfile.TemporaryDirectory(dir=cached.parent if cached is not None else None) as tmp:
         trained = train_tokenizer(
             _chain(first, sentences), os.path.join(tmp, "spiece"), vocab_size=vocab_size
         )
         own.parent.mkdir(parents=True, exist_ok=True)
         own.write_bytes(epath.Path(trained).read_bytes())
-    if cached is not None:  # written whole under a temporary name, then renamed: never half a file
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.tmp-", dir=cached.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(own.read_bytes())
-        os.replace(tmp, cached)
+        if cached is not None:
+            os.replace(trained, cached)
     return AlbertTokenizer(own)
 
 
