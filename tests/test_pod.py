@@ -229,6 +229,28 @@ def test_second_signal_ends_the_process_at_once(tmp_path):
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)
 
 
+def test_host_stopped_by_another_catches_its_own_late_signal(tmp_path):
+    """A host that stopped at the step another host asked for gets its own SIGTERM only later, maybe
+    while it exits: that one is caught (the stop is served), and a second one still ends the process."""
+    code = (
+        "import os, signal, time\n"
+        "from albert_jax.training import preemption\n"
+        "class Store:  # the coordination service's key-value store: another host asked to stop at 2\n"
+        "    def key_value_dir_get(self, prefix): return [(prefix + 'stop', '2')]\n"
+        "agreement = preemption.StepAgreement()\n"
+        "agreement._client = Store()\n"
+        "assert not agreement.poll(1).stop and agreement.poll(2).stop\n"
+        "agreement.close()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('late signal caught', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "late signal caught" in proc.stdout, proc.stderr
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)
+
+
 def test_timed_saves_come_from_one_clock():
     """`checkpoint_every_minutes` on one process: due once the interval has passed since the last save."""
     from albert_jax.training import preemption

@@ -16,7 +16,8 @@ step k-1's metrics before it polls at k. So while a host r writes at its poll c,
 polled past c + 1 (that would need r to have dispatched c + 1), and every host's next poll, at c + 2
 at the latest, sees the request: all of them are still at or before the agreed step.
 
-A second signal of either kind ends the process at once (the handlers before ours run).
+A second signal of either kind ends the process at once (the handlers before ours run). A host that
+stopped on another's request keeps catching the first one after the loop (see `close`).
 """
 
 from __future__ import annotations
@@ -133,4 +134,9 @@ class StepAgreement:
                 raise
 
     def close(self) -> None:
+        """Gives the signals back, except after a stop agreed on another host's request: on a pod each
+        host gets its own SIGTERM at its own time, and this host's may come only while it exits. That
+        stop is served, so the signal is caught and ignored (a second one still ends the process)."""
+        if self._stop_at is not None and self._signals.received is None:
+            return
         self._signals.restore()
