@@ -40,6 +40,11 @@ def default_buckets(max_seq_length: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def sequence_keys(sequence_inputs: Sequence[str] = ()) -> tuple[str, ...]:
+    """The inputs cut to a batch's bucket on their last axis: the model's, and a task's own."""
+    return (*SEQUENCE_INPUTS, *sequence_inputs)
+
+
 def row_lengths(inputs: dict[str, np.ndarray]) -> np.ndarray:
     """Real tokens per row [N] (multiple choice: the longest choice)."""
     mask = inputs["attention_mask"]
@@ -97,7 +102,7 @@ def train_dataset(
             inputs,
             row_lengths(inputs),
             tuple(buckets),
-            (*SEQUENCE_INPUTS, *sequence_inputs),
+            sequence_keys(sequence_inputs),
             process_index,
             process_count,
         )
@@ -119,7 +124,7 @@ def eval_batches(
     process_count = jax.process_count() if process_count is None else process_count
     n = len(inputs["input_ids"])
     lengths = row_lengths(inputs)
-    seq_keys = (*SEQUENCE_INPUTS, *sequence_inputs)
+    seq_keys = sequence_keys(sequence_inputs)
     block = global_batch_size // process_count
     for start in range(0, n, global_batch_size):
         rows = np.arange(start, min(start + global_batch_size, n))

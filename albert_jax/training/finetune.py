@@ -389,6 +389,8 @@ def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int
         ),
         evaluate=evaluator,
         desc=task.name,
+        sequence_keys=finetuning_data.sequence_keys(task.sequence_inputs) if len(setup.buckets) > 1 else (),
+        max_length=setup.buckets[-1],
     )
     del params
     result = run_lib.train(ctx, workdir, job)

@@ -173,6 +173,10 @@ class Job:
     evaluate: Callable[[TrainState, int], dict[str, float]] | None
     desc: str  # the progress bar's label
     run_files: dict[str, str] = dataclasses.field(default_factory=dict)  # more WORKDIR files (name -> text)
+    # Inputs whose last axis is the batch's length bucket (fine-tuning), at most `max_length`: the step
+    # is traced once for every length (`trainer.OverLengths`). Empty: one shape, plain jit.
+    sequence_keys: tuple[str, ...] = ()
+    max_length: int = 0
 
 
 def train(ctx: Context, workdir: str, job: Job) -> trainer.FitResult:
@@ -202,7 +206,12 @@ def train(ctx: Context, workdir: str, job: Job) -> trainer.FitResult:
         schedule=schedule,
         grad_accum_steps=config.grad_accum_steps,
     )
-    step_fn = trainer.jit_train_step(step, state_sharding, ctx.data_sharding)
+    if job.sequence_keys:
+        step_fn = trainer.OverLengths(
+            step, state_sharding, ctx.data_sharding, job.sequence_keys, job.max_length
+        )
+    else:
+        step_fn = trainer.jit_train_step(step, state_sharding, ctx.data_sharding)
     with ctx.activate():
         return trainer.fit(
             config,
