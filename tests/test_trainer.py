@@ -66,8 +66,9 @@ def test_a_run_logging_to_a_file_prints_lines_not_a_bar(tmp_path, capsys):
 
 
 def test_step_over_lengths_is_traced_once_and_equals_jit():
-    """`trainer.OverLengths` (one symbolic-length trace for every bucket) gives jit's losses, gradient
-    norms and parameters over batches of three lengths, with dropout on, and traces the loss once."""
+    """`jit_train_step` with sequence keys (`trainer.OverLengths`: one symbolic-length trace for every
+    bucket) gives jit's losses, gradient norms and parameters over batches of three lengths, with
+    dropout on, and traces the loss once."""
     import jax
     import numpy as np
     import optax
@@ -137,7 +138,7 @@ def test_step_over_lengths_is_traced_once_and_equals_jit():
         return out, jax.device_get(state.params), list(traces)
 
     keys = sequence_keys()
-    over, over_params, over_traces = run(lambda s, a, b: trainer.OverLengths(s, a, b, keys, 32))
+    over, over_params, over_traces = run(lambda s, a, b: trainer.jit_train_step(s, a, b, keys, 32))
     plain, plain_params, plain_traces = run(trainer.jit_train_step)
     assert len(over_traces) == 1 and len(plain_traces) == 3, (over_traces, plain_traces)
     for got, want in zip(over, plain):

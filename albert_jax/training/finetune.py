@@ -12,7 +12,6 @@ same command resumes exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -340,6 +339,13 @@ def _mean_std(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
     return out
 
 
+def _over_lengths(setup: FinetuneSetup, task: Task) -> tuple[tuple[str, ...], int]:
+    """The inputs cut to a length bucket and the longest bucket, for `trainer.jit_over_lengths` (none
+    with a single bucket: every batch has one shape)."""
+    keys = finetuning_data.sequence_keys(task.sequence_inputs) if len(setup.buckets) > 1 else ()
+    return keys, setup.buckets[-1]
+
+
 def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int) -> dict[str, Any]:
     """One fine-tuning run with `seed` (head init, data order, dropout); {} when preempted."""
     config, task = ctx.config, setup.task
@@ -349,15 +355,23 @@ def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int
         model_config, params, _ = load_model(config, task, seed)
     head_cls = HEADS[task.head] if isinstance(task.head, str) else task.head
     model = head_cls(model_config)
-    predict_jit = jax.jit(
-        lambda params, batch, task: task.outputs(_apply(task, model.apply, params, batch, True), batch),
-        static_argnames="task",
-        out_shardings=sharding_lib.replicated(ctx.mesh),
-    )
+    predictors: dict[int, tuple[Task, Callable[..., Any]]] = {}  # by id: a split's task may be unhashable
+
+    def predictor(task: Task) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+        if id(task) not in predictors:
+            predictors[id(task)] = (
+                task,
+                trainer.jit_over_lengths(
+                    lambda params, batch: task.outputs(_apply(task, model.apply, params, batch, True), batch),
+                    *_over_lengths(setup, task),
+                    out_shardings=sharding_lib.replicated(ctx.mesh),
+                ),
+            )
+        return predictors[id(task)][1]
 
     def predict_split(params, split: Split) -> dict[str, np.ndarray]:
         return predict(
-            functools.partial(predict_jit, task=split.task),
+            predictor(split.task),
             params,
             split.features.inputs,
             global_batch_size=config.eval_batch_size,
@@ -370,6 +384,7 @@ def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int
 
     loss_fn, norm_fn = make_loss(task)
     evaluator = Evaluator(setup, predict_split, workdir)
+    sequence_keys, max_length = _over_lengths(setup, task)
     job = run_lib.Job(
         model=model,
         model_config=model_config,
@@ -389,8 +404,8 @@ def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int
         ),
         evaluate=evaluator,
         desc=task.name,
-        sequence_keys=finetuning_data.sequence_keys(task.sequence_inputs) if len(setup.buckets) > 1 else (),
-        max_length=setup.buckets[-1],
+        sequence_keys=sequence_keys,
+        max_length=max_length,
     )
     del params
     result = run_lib.train(ctx, workdir, job)

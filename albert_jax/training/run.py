@@ -206,12 +206,9 @@ def train(ctx: Context, workdir: str, job: Job) -> trainer.FitResult:
         schedule=schedule,
         grad_accum_steps=config.grad_accum_steps,
     )
-    if job.sequence_keys:
-        step_fn = trainer.OverLengths(
-            step, state_sharding, ctx.data_sharding, job.sequence_keys, job.max_length
-        )
-    else:
-        step_fn = trainer.jit_train_step(step, state_sharding, ctx.data_sharding)
+    step_fn = trainer.jit_train_step(
+        step, state_sharding, ctx.data_sharding, job.sequence_keys, job.max_length
+    )
     with ctx.activate():
         return trainer.fit(
             config,

@@ -116,72 +116,84 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(train_step: StepFn, state_sharding: Any, data_sharding: Any) -> StepFn:
-    """A `make_train_step` step, jitted with the state's and batch's shardings and the state donated."""
-    return jax.jit(
+def jit_train_step(
+    train_step: StepFn,
+    state_sharding: Any,
+    data_sharding: Any,
+    sequence_keys: tuple[str, ...] = (),
+    max_length: int = 0,
+) -> StepFn:
+    """A `make_train_step` step, jitted with the state's and batch's shardings and the state donated;
+    with `sequence_keys`, traced once for every length of those inputs (`OverLengths`)."""
+    return jit_over_lengths(
         train_step,
+        sequence_keys,
+        max_length,
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, None),
         donate_argnums=0,
     )
 
 
-class OverLengths:
-    """`jit_train_step`'s step traced once for every length of the batches' last axis (fine-tuning's length
-    buckets), where jit traces and lowers it again for each new length (about 0.3 s a length, inside the
-    loop, even when the persistent cache holds the executable).
+def jit_over_lengths(
+    fn: Callable[..., Any], sequence_keys: tuple[str, ...] = (), max_length: int = 0, **jit_kwargs: Any
+) -> Callable[..., Any]:
+    """`jax.jit(fn, **jit_kwargs)`; with `sequence_keys`, traced once for every length (`OverLengths`)."""
+    if sequence_keys:
+        return OverLengths(fn, sequence_keys, max_length, **jit_kwargs)
+    return jax.jit(fn, **jit_kwargs)
 
-    The first call exports the step with a symbolic length (`jax.export`, `1 <= length <= max_length`) on
-    the keys in `sequence_keys`; each new length then only specialises that module and compiles (or
-    loads) it. A step that cannot be traced symbolically (e.g. a kernel that needs static shapes) is
+
+class OverLengths:
+    """`jax.jit(fn, ...)` traced once for every length of the batch's last axis (fine-tuning's length
+    buckets), where jit traces and lowers it again for each new length (about 0.3 s a length, inside the
+    loop, even when the persistent cache holds the executable). The batch is `fn`'s last argument.
+
+    The first call exports `fn` with a symbolic length (`jax.export`, `1 <= length <= max_length`) on the
+    batch keys in `sequence_keys`; each new length then only specialises that module and compiles (or
+    loads) it. A function that cannot be traced symbolically (e.g. a kernel that needs static shapes) is
     traced per length, as jit does; the numbers are the same either way.
     """
 
     def __init__(
         self,
-        train_step: StepFn,
-        state_sharding: Any,
-        data_sharding: Any,
+        fn: Callable[..., Any],
         sequence_keys: tuple[str, ...],
         max_length: int,
+        **jit_kwargs: Any,  # in_shardings, out_shardings, donate_argnums: as jax.jit takes them
     ):
-        self._jitted = jit_train_step(train_step, state_sharding, data_sharding)
-        self._shardings = (state_sharding, data_sharding)
+        self._jit_kwargs = jit_kwargs
+        self._jitted = jax.jit(fn, **jit_kwargs)
         self._keys, self._max_length = frozenset(sequence_keys), max_length
-        self._step: StepFn | None = None
+        self._fn: Callable[..., Any] | None = None
 
-    def _export(self, state: TrainState, batch: Batch) -> StepFn:
+    def _export(self, *args: Any) -> Callable[..., Any]:
         (length,) = jax.export.symbolic_shape("length", constraints=(f"length <= {self._max_length}",))
 
         def spec(x, symbolic: bool = False):
             shape = (*x.shape[:-1], length) if symbolic else x.shape
             return jax.ShapeDtypeStruct(shape, x.dtype, sharding=x.sharding)
 
+        *rest, batch = args
         abstract_batch = {k: spec(v, k in self._keys and v.ndim > 1) for k, v in batch.items()}
         try:
-            exported = jax.export.export(self._jitted)(jax.tree.map(spec, state), abstract_batch)
+            exported = jax.export.export(self._jitted)(*jax.tree.map(spec, rest), abstract_batch)
         except Exception as e:  # noqa: BLE001 - any symbolic-shape limit; jit's own trace reports real errors
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            log.info("the step is traced for each sequence length (%s)", reason)
+            log.info("traced for each sequence length (%s)", reason)
             return self._jitted
-        state_sharding, data_sharding = self._shardings
-        return jax.jit(
-            exported.call,
-            in_shardings=(state_sharding, data_sharding),
-            out_shardings=(state_sharding, None),
-            donate_argnums=0,
-        )
+        return jax.jit(exported.call, **self._jit_kwargs)
 
-    def _get(self, state: TrainState, batch: Batch) -> StepFn:
-        if self._step is None:
-            self._step = self._export(state, batch)
-        return self._step
+    def _get(self, *args: Any) -> Callable[..., Any]:
+        if self._fn is None:
+            self._fn = self._export(*args)
+        return self._fn
 
-    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        return self._get(state, batch)(state, batch)
+    def __call__(self, *args: Any) -> Any:
+        return self._get(*args)(*args)
 
-    def lower(self, state: TrainState, batch: Batch) -> Any:
-        return self._get(state, batch).lower(state, batch)
+    def lower(self, *args: Any) -> Any:
+        return self._get(*args).lower(*args)
 
 
 # --- metrics, preemption, throughput --------------------------------------------------------------
