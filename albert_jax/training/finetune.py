@@ -12,6 +12,7 @@ same command resumes exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -355,19 +356,14 @@ def run_seed(ctx: run_lib.Context, workdir: str, setup: FinetuneSetup, seed: int
         model_config, params, _ = load_model(config, task, seed)
     head_cls = HEADS[task.head] if isinstance(task.head, str) else task.head
     model = head_cls(model_config)
-    predictors: dict[int, tuple[Task, Callable[..., Any]]] = {}  # by id: a split's task may be unhashable
 
+    @functools.cache  # one jitted predictor per task (a split may bring its own, e.g. GLUE's AX)
     def predictor(task: Task) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-        if id(task) not in predictors:
-            predictors[id(task)] = (
-                task,
-                trainer.jit_over_lengths(
-                    lambda params, batch: task.outputs(_apply(task, model.apply, params, batch, True), batch),
-                    *_over_lengths(setup, task),
-                    out_shardings=sharding_lib.replicated(ctx.mesh),
-                ),
-            )
-        return predictors[id(task)][1]
+        return trainer.jit_over_lengths(
+            lambda params, batch: task.outputs(_apply(task, model.apply, params, batch, True), batch),
+            *_over_lengths(setup, task),
+            out_shardings=sharding_lib.replicated(ctx.mesh),
+        )
 
     def predict_split(params, split: Split) -> dict[str, np.ndarray]:
         return predict(
