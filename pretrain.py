@@ -7,6 +7,9 @@ Re-running the same command resumes from the latest checkpoint in WORKDIR.
 
 from absl import app, flags
 
+# Restarted once at `import albert_jax` with glibc's huge pages for the CPU step's buffers (host_memory).
+ALBERT_JAX_HUGE_PAGES = True
+
 from albert_jax import cli
 
 _CONFIG = cli.define_config_flag("configs/pretrain.py:tiny")

@@ -1,4 +1,12 @@
-"""albert_jax: ALBERT (A Lite BERT) in JAX/Flax. Public names are re-exported here; nothing is defined."""
+"""albert_jax: ALBERT (A Lite BERT) in JAX/Flax. Public names are re-exported here; nothing is defined.
+
+An entry point that asks for it is first restarted with glibc's huge-page tunable
+(`host_memory.restart_for_entry_point`), before anything imports jax.
+"""
+
+from albert_jax import host_memory
+
+host_memory.restart_for_entry_point()
 
 from albert_jax.config import AlbertConfig
 from albert_jax.hf import save_pretrained

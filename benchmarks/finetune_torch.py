@@ -21,11 +21,17 @@ gradient clipping:
   (pre-tokenized rows, each batch padded to its longest row, `torch.optim.AdamW`,
   `get_linear_schedule_with_warmup`, `clip_grad_norm_`, `loss.item()` every step).
 
+Both sides run in this one process, restarted at import with glibc's huge pages as `train.py` is
+(`albert_jax.host_memory`); `ALBERT_JAX_MALLOC=system` runs both under glibc's defaults.
+
 Prints one line per side and length, then one JSON object (the last line) with examples/s, padded tokens
 per row and the ratio at each max length. A benchmark, not a test.
 """
 
 from __future__ import annotations
+
+# Restarted at `import albert_jax` with glibc's huge pages, as train.py is (albert_jax.host_memory).
+ALBERT_JAX_HUGE_PAGES = True
 
 import argparse
 import ast
@@ -283,6 +289,7 @@ def main() -> None:
         "cpu": cpu_name(),
         "jax": jax.__version__,
         "platform": jax.devices()[0].platform,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # both sides
         "by_max_seq_length": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,9 @@ random ids. The last line is one JSON object. A benchmark, not a test.
 
 from __future__ import annotations
 
+# Restarted at `import albert_jax` with glibc's huge pages, as pretrain.py is (albert_jax.host_memory).
+ALBERT_JAX_HUGE_PAGES = True
+
 import argparse
 import json
 import os

@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "albert_jax"
 # Lowest first; a module may import its own layer and the ones above it in this list, never below.
 # The order is the data flow: tokenizer → data → model → run files and checkpoints → training → tools.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "storage", "cli"),  # what every module may use: error types, retries, the error path
+    # what every module may use: error types, retries, the error path, the host allocator
+    ("errors", "storage", "cli", "host_memory"),
     ("config", "hub", "hf_files", "tokenizer", "optim", "sharding", "kernels"),
     ("data.*", "tasks.*", "modeling"),
     ("hf", "checkpoint", "workdir", "run_lock", "config_drift", "pretrained", "inference"),
