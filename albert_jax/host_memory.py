@@ -8,7 +8,7 @@ page again: about 20,000 page faults per step there, a fifth of the step's time 
 glibc's `glibc.malloc.hugetlb=1` tunable maps such blocks with transparent huge pages (2 MiB), about
 470 faults a step. A tunable is read when the process starts, so an entry point that sets
 `ALBERT_JAX_HUGE_PAGES = True` before it imports albert_jax (`train.py`, `pretrain.py`, the
-benchmarks) is restarted once, at import, with `GLIBC_TUNABLES` holding it (`os.execv`: same pid,
+benchmarks) is restarted once, at import, with `GLIBC_TUNABLES` holding it (`os.execve`: same pid,
 same arguments, about 0.1 s). Elsewhere (a notebook, a library user) set it in the environment:
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 jupyter lab`.
 
