@@ -259,15 +259,39 @@ def _use_cudnn(cfg: AlbertConfig) -> bool:
     return jax.default_backend() == "gpu" and cfg.dtype in ("bfloat16", "float16")
 
 
-def _attention(q: Array, k: Array, v: Array, mask: Array, cfg: AlbertConfig) -> Array:
-    """'BTND,BSND->BTND' softmax attention over the keys where `mask` [B, S] is set.
+_FP32_ACCUMULATION = {
+    "bfloat16": jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+    "float16": jax.lax.DotAlgorithmPreset.F16_F16_F32,
+}
 
-    cuDNN's fused kernel takes sequence lengths rather than a mask, which says the same only for
-    right-padded rows (each mask a non-empty prefix), as every albert_jax pipeline and tokenizer pads.
-    Rows that cuDNN cannot express come out NaN, so a different mask is never silently misread.
+
+def _softmax_attention(
+    q: Array, k: Array, v: Array, mask: Array, dropout: Callable[[Array], Array] | None = None
+) -> tuple[Array, Array]:
+    """'BTND,BSND->BNTS' scores, softmax over the keys where `mask` [B, S] is set, 'BNTS,BSND->BTND'.
+
+    Returns (context BTND, weights BNTS before `dropout`). The scores and softmax are fp32 whatever the
+    compute dtype, as in `jax.nn.dot_product_attention`'s XLA path. Written out rather than through
+    that function, whose grouped-query form adds a unit group axis to every score tensor: on CPU XLA
+    then compiles extra layout copies into the scanned layer (about 9% of the large step's compile).
     """
-    if not _use_cudnn(cfg):
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], implementation="xla")
+    # Half-precision inputs accumulate in fp32; the preset keeps the backward's dot types consistent.
+    precision = _FP32_ACCUMULATION.get(jnp.dtype(q.dtype).name)
+    scores = jnp.einsum("BTND,BSND->BNTS", q, k, precision=precision, preferred_element_type=jnp.float32)
+    scores = scores * np.float32(1.0 / np.sqrt(q.shape[-1]))
+    scores = jnp.where(mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = weights if dropout is None else dropout(weights)
+    return jnp.einsum("BNTS,BSND->BTND", probs, v), weights
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """'BTND,BSND->BTND' through cuDNN's fused kernel, which takes sequence lengths rather than a mask.
+
+    Lengths say the same as the mask only for right-padded rows (each mask a non-empty prefix), as every
+    albert_jax pipeline and tokenizer pads. Rows that cuDNN cannot express come out NaN, so a different
+    mask is never silently misread.
+    """
     lengths = mask.sum(-1, dtype=jnp.int32)  # B
     prefix = jnp.all(mask.astype(bool) == (jnp.arange(mask.shape[-1]) < lengths[:, None]), axis=-1)
     context = jax.nn.dot_product_attention(
@@ -296,14 +320,14 @@ class AlbertAttention(nn.Module):
             q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
         attn_dropout = cfg.attention_probs_dropout_prob > 0 and not deterministic
         weights = None
-        if output_attentions or attn_dropout:
-            scores = jnp.einsum("BTND,BSND->BNTS", q, k).astype(jnp.float32) / np.sqrt(cfg.head_dim)
-            scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-            weights = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-            probs = nn.Dropout(cfg.attention_probs_dropout_prob)(weights, deterministic=deterministic)
-            context = jnp.einsum("BNTS,BSND->BTND", probs, v)
+        if _use_cudnn(cfg) and not (output_attentions or attn_dropout):
+            context = _cudnn_attention(q, k, v, mask)  # BTND
         else:
-            context = _attention(q, k, v, mask, cfg)  # BTND
+            dropout = (
+                nn.Dropout(cfg.attention_probs_dropout_prob, deterministic=False) if attn_dropout else None
+            )
+            context, weights = _softmax_attention(q, k, v, mask, dropout)  # BTND, BNTS
+            weights = weights if output_attentions else None
         dense_out = _Einsum(
             cfg, "BTND,NDH->BTH", (n, d, h), ("heads", "kv", "hidden"), (h,), ("hidden",), name="dense"
         )

@@ -350,6 +350,40 @@ def test_bfloat16_compute_tracks_float32():
     )
 
 
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_softmax_attention_matches_jax_dot_product_attention(dtype, tol):
+    """The written-out attention equals `jax.nn.dot_product_attention`'s XLA path (which it replaced),
+    values and gradients, on right-padded rows, a row with holes and a fully masked row."""
+    b, t, n, d = 4, 12, 3, 8
+    q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, d), dtype) for i in range(3))
+    lengths = np.array([t, 7, 1, 0])
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    mask[0, [2, 5]] = False
+    cotangent = jax.random.normal(jax.random.key(9), (b, t, n, d), jnp.float32)
+
+    def ours(q, k, v):
+        return modeling._softmax_attention(q, k, v, jnp.asarray(mask))[0]
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=jnp.asarray(mask)[:, None, None, :], implementation="xla"
+        )
+
+    for fn in (ours, reference):
+        assert fn(q, k, v).dtype == jnp.dtype(dtype)
+    loss = lambda fn: jax.jit(
+        jax.value_and_grad(lambda *a: jnp.vdot(fn(*a).astype(jnp.float32), cotangent), (0, 1, 2))
+    )  # noqa: E731
+    (got, got_grads), (want, want_grads) = loss(ours)(q, k, v), loss(reference)(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=tol)
+    np.testing.assert_allclose(
+        np.asarray(ours(q, k, v), np.float32), np.asarray(reference(q, k, v), np.float32), atol=tol
+    )
+    for g, w in zip(got_grads, want_grads):
+        scale = float(np.abs(np.asarray(w, np.float32)).max())
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=tol * scale)
+
+
 def test_jit_and_eager_agree():
     config = AlbertConfig(**TINY, num_hidden_groups=2)
     module = modeling.AlbertForSequenceClassification(config)
